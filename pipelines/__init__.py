@@ -1,0 +1,3 @@
+from .pipeline_vdl import VDLPipeline
+
+__all__ = ["VDLPipeline"]

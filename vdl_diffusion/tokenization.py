@@ -1,0 +1,40 @@
+"""A CLIP tokenizer trained on a small corpus, for worlds where no pretrained one can be downloaded.
+
+It is a real byte-pair encoding in CLIP's format (lower-cased words ending in ``</w>``, the
+``<|startoftext|>`` / ``<|endoftext|>`` specials), so ``CLIPTokenizer.from_pretrained`` loads what
+it saves and the toolkit's code path is exactly the one used with ``openai/clip-vit-*``.
+"""
+
+import json
+import string
+from itertools import chain
+from typing import Iterable
+
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import CLIPTokenizer
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+def train_clip_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> CLIPTokenizer:
+    """Learns BPE merges on ``corpus`` so that every frequent word becomes one token.
+
+    ``CLIPTokenizer(vocab_file=...)`` cannot be used for this: in transformers 5 it silently
+    builds a three-token vocabulary. Training with ``tokenizers`` and passing the learned
+    ``vocab``/``merges`` keeps merges consistent (a hand-made merge list can split words whose
+    pairs were ranked for other words).
+    """
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token=EOS))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS, EOS],
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    # Every character, alone and word-final, so no input character maps to the unknown token.
+    alphabet = " ".join(string.ascii_lowercase + string.digits + string.punctuation)
+    bpe.train_from_iterator(chain([alphabet], (text.lower() for text in corpus)), trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    return CLIPTokenizer(vocab=state["vocab"], merges=merges, unk_token=EOS, bos_token=BOS, eos_token=EOS, pad_token=EOS)
