@@ -1,0 +1,92 @@
+"""The condition the UNet sees during training, one rule per ``--method`` (METHOD.md, "Baselines").
+
+Every method returns the same :class:`Condition`, so the objective and the training loop never branch
+on the method. Images whose caption the run may see (semi-supervised setting) are conditioned on
+their real text embedding ``t*`` under every method.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import Independent, Normal, kl_divergence
+
+from .distributions import VonMisesFisher
+
+METHODS = ("vdl", "lafite", "image", "prior-sample", "supervised")
+
+
+@dataclass
+class Condition:
+    t: torch.Tensor
+    """(B, D) unit-norm condition for the UNet."""
+    kl: torch.Tensor
+    """(B,) ``KL(q(t | x, y) || p(t | y))``, zero where a method has none."""
+    caption_nll: torch.Tensor
+    """(B,) ``-log q(t* | x, y)`` (plus ``-log p(t* | y)`` for a learned prior) on captioned images."""
+    stats: dict = field(default_factory=dict)
+    """Scalars worth logging."""
+
+
+def condition(method: str, batch: dict, posterior=None, prior=None, lafite_xi: float = 0.75) -> Condition:
+    """The condition for ``batch`` (``y``, ``features``, and optionally ``caption_embeds``/``has_caption``)."""
+    y = batch["y"]
+    zero = y.new_zeros(y.shape[0])
+    has_caption = batch.get("has_caption", torch.zeros_like(zero, dtype=torch.bool)).bool()
+    caption_embeds = batch.get("caption_embeds")
+    kl, caption_nll, stats = zero, zero, {}
+    needs_prior = method in ("vdl", "prior-sample") or _has_parameters(prior)
+    p = prior(y) if needs_prior else None
+
+    if method == "vdl":
+        q = posterior(y, batch.get("features"))
+        # The prior is fitted on captions only (METHOD.md), never pulled towards q by the KL.
+        kl = kl_divergence(q, _detached(p, like=q))
+        t = F.normalize(q.rsample(), dim=-1)
+        stats["kappa"] = _concentration(q).mean().detach()
+        if has_caption.any():
+            caption_nll = torch.where(has_caption, -q.log_prob(caption_embeds), zero)
+        kl = torch.where(has_caption, zero, kl)
+    elif method == "lafite":
+        noise = F.normalize(torch.randn_like(y), dim=-1)
+        t = F.normalize((1 - lafite_xi) * y + lafite_xi * noise, dim=-1)
+    elif method == "image":
+        t = y
+    elif method == "prior-sample":
+        t = p.sample()
+    elif method == "supervised":
+        if caption_embeds is None or not has_caption.all():
+            raise ValueError("Method `supervised` needs a caption for every image (`--caption_column`, `--caption_fraction 1`).")
+        t = caption_embeds
+    else:
+        raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
+
+    if _has_parameters(prior) and has_caption.any():
+        caption_nll = caption_nll + torch.where(has_caption, -p.log_prob(caption_embeds), zero)
+    if caption_embeds is not None:
+        t = torch.where(has_caption[:, None], caption_embeds.to(t.dtype), t)
+    stats["cos_t_y"] = F.cosine_similarity(t.detach(), y, dim=-1).mean()
+    return Condition(t=t, kl=kl, caption_nll=caption_nll, stats=stats)
+
+
+def _has_parameters(module) -> bool:
+    return module is not None and any(True for _ in module.parameters())
+
+
+def _detached(p: VonMisesFisher, like) -> torch.distributions.Distribution:
+    """``p`` without gradients, in the family of the posterior ``like`` (so the KL is closed-form).
+
+    For the Gaussian posterior, the vMF prior becomes ``N(m, I/κ)``, its tangent-space approximation.
+    """
+    loc, concentration = p.loc.detach(), p.concentration.detach()
+    if isinstance(like, Independent):
+        scale = concentration.rsqrt()[..., None].expand_as(loc)
+        return Independent(Normal(loc, scale), 1)
+    return VonMisesFisher(loc, concentration)
+
+
+def _concentration(q) -> torch.Tensor:
+    """``κ_φ`` for either family (the Gaussian's as ``σ^{-2}`` averaged over dimensions)."""
+    if isinstance(q, Independent):
+        return q.base_dist.scale.pow(-2).mean(-1)
+    return q.concentration

@@ -1,0 +1,99 @@
+"""The training objective: the negative ELBO of METHOD.md.
+
+    loss = L_diff(z0, t̃) + β · KL(q(t | x, y) || p(t | y)) / n_latent,   t̃ ~ q(t | x, y)
+
+``n_latent`` (C·H·W of the latent) puts the KL on the per-dimension scale of the mean-squared
+diffusion loss. Captioned images (semi-supervised) add ``λ · (-log q(t* | x, y)) / n_latent``.
+"""
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers.training_utils import compute_snr
+from torch import nn
+
+from .conditioning import condition
+
+
+def beta_at(step: int, beta: float = 1.0, warmup_steps: int = 0) -> float:
+    """β with an optional linear warm-up from 0 over ``warmup_steps``."""
+    return beta * min(1.0, step / warmup_steps) if warmup_steps > 0 else beta
+
+
+def diffusion_loss(
+    unet: UNet2DConditionModel,
+    scheduler: DDPMScheduler,
+    z0: torch.Tensor,
+    t: torch.Tensor,
+    snr_gamma: float | None = None,
+    noise_offset: float = 0.0,
+) -> torch.Tensor:
+    """Per-sample ``E_{s,ε} w(s) ||target - net(z_s, s, t)||²`` (ε or v target, optional Min-SNR ``w``)."""
+    noise = torch.randn_like(z0)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn(z0.shape[0], z0.shape[1], 1, 1, device=z0.device, dtype=z0.dtype)
+    s = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), device=z0.device)
+    z_s = scheduler.add_noise(z0, noise, s)
+    if scheduler.config.prediction_type == "epsilon":
+        target = noise
+    elif scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(z0, noise, s)
+    else:
+        raise ValueError(f"Unsupported prediction type {scheduler.config.prediction_type!r}; use epsilon or v_prediction.")
+    prediction = unet(z_s, s, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": t.to(z_s.dtype)}).sample
+    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if snr_gamma is not None:
+        snr = compute_snr(scheduler, s)
+        weight = snr.clamp(max=snr_gamma) / snr
+        if scheduler.config.prediction_type == "v_prediction":
+            weight = snr.clamp(max=snr_gamma) / (snr + 1)
+        loss = loss * weight
+    return loss
+
+
+class ELBO(nn.Module):
+    """Everything that trains, in one module: UNet ``θ``, posterior ``φ``, prior, null embedding.
+
+    One module so that Accelerate wraps it once, whatever the backend (DDP, FSDP, DeepSpeed), and
+    ``forward`` returns the loss as the training loop needs it.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        scheduler: DDPMScheduler,
+        method: str = "vdl",
+        posterior: nn.Module | None = None,
+        prior: nn.Module | None = None,
+        p_uncond: float = 0.1,
+        learn_null_embedding: bool = False,
+        lafite_xi: float = 0.75,
+        caption_weight: float = 1.0,
+        snr_gamma: float | None = None,
+        noise_offset: float = 0.0,
+    ):
+        super().__init__()
+        if method == "vdl" and (posterior is None or prior is None):
+            raise ValueError("Method `vdl` needs both a `posterior` and a `prior`.")
+        if method == "prior-sample" and prior is None:
+            raise ValueError("Method `prior-sample` needs a `prior`.")
+        if not 0 <= p_uncond < 1:
+            raise ValueError(f"`p_uncond` must be in [0, 1), got {p_uncond}.")
+        self.unet, self.posterior, self.prior, self.scheduler = unet, posterior, prior, scheduler
+        self.method, self.p_uncond, self.lafite_xi = method, p_uncond, lafite_xi
+        self.caption_weight, self.snr_gamma, self.noise_offset = caption_weight, snr_gamma, noise_offset
+        null = torch.zeros(unet.config.encoder_hid_dim)
+        self.null_embedding = nn.Parameter(null, requires_grad=learn_null_embedding)
+
+    def forward(self, batch: dict, beta: float = 1.0) -> tuple[torch.Tensor, dict]:
+        z0 = batch["latents"]
+        c = condition(self.method, batch, self.posterior, self.prior, self.lafite_xi)
+        # Classifier-free guidance: the null embedding replaces t with probability p_uncond.
+        drop = torch.rand(z0.shape[0], device=z0.device) < self.p_uncond
+        t = torch.where(drop[:, None], self.null_embedding.to(c.t.dtype), c.t)
+        l_diff = diffusion_loss(self.unet, self.scheduler, z0, t, self.snr_gamma, self.noise_offset).mean()
+        n_latent = z0[0].numel()
+        kl, caption_nll = c.kl.mean(), c.caption_nll.mean()
+        loss = l_diff + (beta * kl + self.caption_weight * caption_nll) / n_latent
+        logs = {"loss": loss.detach(), "diffusion": l_diff.detach(), "kl": kl.detach(), "beta": beta, **c.stats}
+        return loss, logs
