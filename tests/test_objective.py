@@ -1,0 +1,149 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from vdl_diffusion.conditioning import condition
+from vdl_diffusion.models import build_unet
+from vdl_diffusion.objective import ELBO, beta_at, diffusion_loss
+from vdl_diffusion.posterior import TextEmbeddingPosterior
+from vdl_diffusion.priors import ClipPrior, LearnedPrior
+
+D, F_DIM = 32, 12
+
+
+def batch(n=8, seed=0, captions=None):
+    g = torch.Generator().manual_seed(seed)
+    b = {
+        "latents": torch.randn(n, 4, 8, 8, generator=g),
+        "y": F.normalize(torch.randn(n, D, generator=g), dim=-1),
+        "features": torch.randn(n, F_DIM, generator=g),
+    }
+    if captions is not None:
+        b["caption_embeds"] = F.normalize(torch.randn(n, D, generator=g), dim=-1)
+        b["has_caption"] = captions
+    return b
+
+
+def make_elbo(method="vdl", prior=None, **kwargs):
+    torch.manual_seed(0)
+    return ELBO(
+        build_unet("tiny", D),
+        DDPMScheduler(),
+        method=method,
+        posterior=TextEmbeddingPosterior(D, F_DIM, hidden_dim=32) if method == "vdl" else None,
+        prior=prior or ClipPrior(D),
+        **kwargs,
+    )
+
+
+def test_elbo_backpropagates_into_unet_and_posterior():
+    elbo = make_elbo()
+    loss, logs = elbo(batch(), beta=1.0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in elbo.unet.parameters() if p.requires_grad)
+    assert elbo.posterior.to_loc.weight.grad.abs().sum() > 0
+    assert elbo.posterior.to_concentration.weight.grad.abs().sum() > 0
+    assert {"loss", "diffusion", "kl", "beta", "cos_t_y", "kappa"} <= logs.keys()
+
+
+def test_elbo_is_diffusion_loss_plus_scaled_kl():
+    elbo = make_elbo(p_uncond=0.0)
+    b = batch()
+    torch.manual_seed(1)
+    loss, logs = elbo(b, beta=2.0)
+    n_latent = 4 * 8 * 8
+    torch.testing.assert_close(loss.detach(), logs["diffusion"] + 2.0 * logs["kl"] / n_latent)
+    assert logs["kl"] > 0
+
+
+def test_lafite_condition_sits_at_caption_like_cosine():
+    y = F.normalize(torch.randn(4000, 512), dim=-1)
+    c = condition("lafite", {"y": y}, lafite_xi=0.75)
+    assert c.stats["cos_t_y"].item() == pytest.approx(0.32, abs=0.02)
+    torch.testing.assert_close(c.t.norm(dim=-1), torch.ones(4000))
+    assert (c.kl == 0).all()
+
+
+def test_image_condition_is_y_and_prior_sample_is_random_around_y():
+    b = batch()
+    torch.testing.assert_close(condition("image", b).t, b["y"])
+    c = condition("prior-sample", b, prior=ClipPrior(D, logit_scale=100.0))
+    assert not torch.allclose(c.t, b["y"])
+    assert (c.t * b["y"]).sum(-1).mean() > 0.5  # D = 32, s = 100: A_D(s) ≈ 0.85
+
+
+def test_captioned_images_use_their_text_embedding_and_train_the_posterior():
+    has_caption = torch.tensor([True, False] * 4)
+    b = batch(captions=has_caption)
+    posterior = TextEmbeddingPosterior(D, F_DIM, hidden_dim=32)
+    c = condition("vdl", b, posterior=posterior, prior=ClipPrior(D))
+    torch.testing.assert_close(c.t[has_caption], b["caption_embeds"][has_caption])
+    assert (c.kl[has_caption] == 0).all() and (c.kl[~has_caption] > 0).all()
+    assert (c.caption_nll[~has_caption] == 0).all() and (c.caption_nll[has_caption] != 0).all()
+    c.caption_nll.sum().backward()
+    assert posterior.to_loc.weight.grad.abs().sum() > 0
+
+
+def test_learned_prior_learns_from_captions_but_not_from_the_kl():
+    prior = LearnedPrior(D, hidden_dim=16)
+    posterior = TextEmbeddingPosterior(D, F_DIM, hidden_dim=32)
+    uncaptioned = batch(captions=torch.zeros(8, dtype=torch.bool))
+    c = condition("vdl", uncaptioned, posterior=posterior, prior=prior)
+    c.kl.sum().backward()
+    assert all(p.grad is None for p in prior.parameters())
+    captioned = batch(captions=torch.ones(8, dtype=torch.bool))
+    condition("vdl", captioned, posterior=posterior, prior=prior).caption_nll.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in prior.parameters())
+
+
+def test_supervised_needs_every_caption():
+    with pytest.raises(ValueError, match="supervised"):
+        condition("supervised", batch(captions=torch.tensor([True, False] * 4)))
+    b = batch(captions=torch.ones(8, dtype=torch.bool))
+    torch.testing.assert_close(condition("supervised", b).t, b["caption_embeds"])
+
+
+def test_gaussian_posterior_gives_unit_conditions_and_finite_kl():
+    posterior = TextEmbeddingPosterior(D, F_DIM, hidden_dim=32, family="gaussian")
+    c = condition("vdl", batch(), posterior=posterior, prior=ClipPrior(D))
+    torch.testing.assert_close(c.t.norm(dim=-1), torch.ones(8))
+    assert torch.isfinite(c.kl).all() and (c.kl >= 0).all()
+
+
+def test_condition_dropout_uses_the_null_embedding():
+    elbo = make_elbo("image", p_uncond=0.999999, learn_null_embedding=True)
+    seen = []
+    elbo.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["image_embeds"]), with_kwargs=True)
+    loss, _ = elbo(batch(), beta=1.0)
+    torch.testing.assert_close(seen[0], torch.zeros(8, D))
+    loss.backward()
+    assert elbo.null_embedding.grad is not None
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_diffusion_loss_targets_and_min_snr(prediction_type):
+    unet = build_unet("tiny", D)
+    scheduler = DDPMScheduler(prediction_type=prediction_type)
+    b = batch()
+    torch.manual_seed(0)
+    plain = diffusion_loss(unet, scheduler, b["latents"], b["y"])
+    torch.manual_seed(0)
+    weighted = diffusion_loss(unet, scheduler, b["latents"], b["y"], snr_gamma=5.0)
+    assert plain.shape == (8,)
+    assert (weighted <= plain + 1e-6).all() and (weighted < plain).any()
+
+
+def test_beta_warmup_is_linear():
+    assert beta_at(0, 2.0, 100) == 0.0
+    assert beta_at(50, 2.0, 100) == 1.0
+    assert beta_at(500, 2.0, 100) == 2.0
+    assert beta_at(0, 2.0, 0) == 2.0
+
+
+def test_elbo_rejects_inconsistent_settings():
+    with pytest.raises(ValueError, match="posterior"):
+        ELBO(build_unet("tiny", D), DDPMScheduler(), method="vdl", prior=ClipPrior(D))
+    with pytest.raises(ValueError, match="p_uncond"):
+        make_elbo("image", p_uncond=1.5)
