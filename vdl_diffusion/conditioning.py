@@ -34,6 +34,9 @@ def condition(method: str, batch: dict, posterior=None, prior=None, lafite_xi: f
     zero = y.new_zeros(y.shape[0])
     has_caption = batch.get("has_caption", torch.zeros_like(zero, dtype=torch.bool)).bool()
     caption_embeds = batch.get("caption_embeds")
+    if caption_embeds is not None:
+        # Rows without a caption hold zeros; y stands in so densities see unit vectors (they are masked out).
+        caption_embeds = torch.where(has_caption[:, None], caption_embeds.to(y.dtype), y)
     kl, caption_nll, stats = zero, zero, {}
     needs_prior = method in ("vdl", "prior-sample") or _has_parameters(prior)
     p = prior(y) if needs_prior else None
@@ -64,7 +67,7 @@ def condition(method: str, batch: dict, posterior=None, prior=None, lafite_xi: f
     if _has_parameters(prior) and has_caption.any():
         caption_nll = caption_nll + torch.where(has_caption, -p.log_prob(caption_embeds), zero)
     if caption_embeds is not None:
-        t = torch.where(has_caption[:, None], caption_embeds.to(t.dtype), t)
+        t = torch.where(has_caption[:, None], caption_embeds, t)
     stats["cos_t_y"] = F.cosine_similarity(t.detach(), y, dim=-1).mean()
     return Condition(t=t, kl=kl, caption_nll=caption_nll, stats=stats)
 
