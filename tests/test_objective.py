@@ -20,7 +20,8 @@ def batch(n=8, seed=0, captions=None):
         "features": torch.randn(n, F_DIM, generator=g),
     }
     if captions is not None:
-        b["caption_embeds"] = F.normalize(torch.randn(n, D, generator=g), dim=-1)
+        # As the cache stores them: zeros where the caption is not visible.
+        b["caption_embeds"] = F.normalize(torch.randn(n, D, generator=g), dim=-1) * captions[:, None]
         b["has_caption"] = captions
     return b
 
