@@ -37,4 +37,8 @@ def train_clip_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> CLIPT
     bpe.train_from_iterator(chain([alphabet], (text.lower() for text in corpus)), trainer=trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    return CLIPTokenizer(vocab=state["vocab"], merges=merges, unk_token=EOS, bos_token=BOS, eos_token=EOS, pad_token=EOS)
+    # The trainer numbers single characters in hash order; renumber so equal corpora give equal ids.
+    merged = ["".join(m) for m in merges]
+    characters = sorted(set(state["vocab"]) - set(merged) - {BOS, EOS})
+    vocab = {token: i for i, token in enumerate(dict.fromkeys([BOS, EOS, *characters, *merged]))}
+    return CLIPTokenizer(vocab=vocab, merges=merges, unk_token=EOS, bos_token=BOS, eos_token=EOS, pad_token=EOS)
