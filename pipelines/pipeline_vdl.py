@@ -1,0 +1,466 @@
+"""Text-to-image (and image variation) sampling for a UNet trained with VDL.
+
+The generator ``p_θ(x | t)`` was trained on images alone, conditioned on samples ``t`` of the
+posterior over CLIP *text* embeddings; at inference ``t`` is the L2-normalised CLIP text embedding
+of the prompt (or the CLIP image embedding of ``image=``, for variations).
+
+This file imports only torch, diffusers, transformers and what they depend on (PIL,
+huggingface_hub): ``save_pretrained`` copies it beside the weights, so a saved pipeline loads with
+plain diffusers, without the vdl-diffusion package.
+"""
+
+import inspect
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import replace_example_docstring
+from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
+from diffusers.utils.torch_utils import randn_tensor
+from huggingface_hub import create_repo
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+)
+
+# What diffusers' `custom_pipeline=` names: this file, as save_pretrained copies it.
+CUSTOM_PIPELINE = os.path.splitext(os.path.basename(__file__))[0]
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from vdl_diffusion import VDLPipeline
+
+        >>> pipe = VDLPipeline.from_pretrained("path/to/vdl-run")  # a folder written by train.py
+        >>> image = pipe("a red circle", guidance_scale=4.0, generator=torch.manual_seed(0)).images[0]
+
+        >>> # The same weights make variations of an image (needs `image_encoder`).
+        >>> variation = pipe(image=image, generator=torch.manual_seed(1)).images[0]
+
+        >>> # Without vdl-diffusion installed: the folder carries this pipeline's code.
+        >>> from diffusers import DiffusionPipeline
+
+        >>> pipe = DiffusionPipeline.from_pretrained(
+        ...     "path/to/vdl-run", custom_pipeline="pipeline_vdl", trust_remote_code=True
+        ... )
+        ```
+"""
+
+MODEL_CARD = """\
+A text-to-image latent diffusion model trained on images **without captions** with Variational
+Distribution Learning ([Kang et al., CVPR 2023](https://arxiv.org/abs/2303.16105)): the UNet is
+conditioned on a CLIP text embedding that a variational posterior infers from each image, and at
+inference on the normalised CLIP text embedding of the prompt.
+
+```python
+import torch
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("{repo_id}", custom_pipeline="{custom_pipeline}", trust_remote_code=True)
+image = pipe("a red circle", guidance_scale=4.0, generator=torch.manual_seed(0)).images[0]
+```
+
+`{custom_pipeline}.py` in this repository is the pipeline's code (`VDLPipeline`, torch, diffusers and
+transformers only); `pip install vdl-diffusion` provides the same class as `vdl_diffusion.VDLPipeline`.
+"""
+
+
+class VDLPipeline(DiffusionPipeline):
+    r"""
+    Samples images from a UNet conditioned on one pooled, L2-normalised CLIP embedding ``t``.
+
+    This model inherits from [`DiffusionPipeline`]; see the superclass for the generic methods
+    (loading, saving, moving to a device, offloading).
+
+    Args:
+        vae ([`AutoencoderKL`]): decodes latents (scaled by `vae.config.scaling_factor`) to images.
+        unet ([`UNet2DConditionModel`]): the denoiser; the condition enters as
+            `added_cond_kwargs={"image_embeds": t}`, `t` of width `unet.config.encoder_hid_dim`.
+        scheduler ([`SchedulerMixin`]): any diffusers scheduler (DDIM, DPM-Solver, Euler, ...).
+        tokenizer ([`CLIPTokenizer`]) and text_encoder ([`CLIPTextModelWithProjection`]): give `t`
+            for a prompt.
+        image_encoder ([`CLIPVisionModelWithProjection`], *optional*) and feature_extractor
+            ([`CLIPImageProcessor`], *optional*): give `t` for `image=` (image variations).
+        null_embedding (`list[float]`, *optional*): the unconditional condition of classifier-free
+            guidance, the one the trainer substituted for `t` with probability `p_uncond`; zeros if
+            `None`. Saved in `model_index.json`.
+    """
+
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
+    _optional_components = ["image_encoder", "feature_extractor"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        tokenizer: CLIPTokenizer,
+        text_encoder: CLIPTextModelWithProjection,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
+        feature_extractor: CLIPImageProcessor | None = None,
+        null_embedding: list[float] | torch.Tensor | None = None,
+    ):
+        super().__init__()
+        if isinstance(null_embedding, torch.Tensor):
+            null_embedding = null_embedding.detach().float().cpu().tolist()
+        dim = unet.config.encoder_hid_dim
+        widths = {"text_encoder.config.projection_dim": text_encoder.config.projection_dim}
+        if image_encoder is not None:
+            widths["image_encoder.config.projection_dim"] = image_encoder.config.projection_dim
+        if null_embedding is not None:
+            widths["len(null_embedding)"] = len(null_embedding)
+        for name, width in widths.items():
+            if width != dim:
+                raise ValueError(
+                    f"{name} is {width} but the UNet takes conditions of width {dim} (unet.config.encoder_hid_dim)."
+                )
+
+        self.register_modules(
+            vae=vae,
+            unet=unet,
+            scheduler=scheduler,
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+        )
+        self.register_to_config(null_embedding=null_embedding)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    def encode_prompt(self, prompt: str | list[str], device: torch.device | None = None) -> torch.Tensor:
+        """The conditions ``t = f_T(prompt) / ||f_T(prompt)||``, one row per prompt."""
+        text_inputs = self.tokenizer(
+            prompt,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        t = self.text_encoder(text_inputs.input_ids.to(device or self._execution_device)).text_embeds
+        return F.normalize(t, dim=-1)
+
+    def encode_image(self, image, device: torch.device | None = None) -> torch.Tensor:
+        """The conditions ``y = f_I(image) / ||f_I(image)||``, one row per image; a tensor ``image`` is
+        taken as the feature extractor's ``pixel_values``."""
+        if not isinstance(image, torch.Tensor):
+            image = self.feature_extractor(image, return_tensors="pt").pixel_values
+        image = image.to(device=device or self._execution_device, dtype=self.image_encoder.dtype)
+        return F.normalize(self.image_encoder(image).image_embeds, dim=-1)
+
+    def null_condition(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The unconditional branch of guidance: ``null_embedding`` (zeros if unset), ``batch_size`` rows."""
+        dim = self.unet.config.encoder_hid_dim
+        null = torch.zeros(dim) if self.config.null_embedding is None else torch.tensor(self.config.null_embedding)
+        return null.to(device=device, dtype=dtype).expand(batch_size, dim)
+
+    def prepare_latents(self, batch_size, num_channels_latents, height, width, dtype, device, generator, latents=None):
+        """Initial noise ``z_T``, scaled to the scheduler's starting sigma."""
+        shape = (batch_size, num_channels_latents, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generators but {batch_size} images are requested; "
+                "pass one generator per image (batch size × num_images_per_prompt)."
+            )
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif latents.shape != shape:
+            raise ValueError(f"`latents` has shape {tuple(latents.shape)}, expected {shape}.")
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    @staticmethod
+    def _batch_size(prompt, prompt_embeds, image) -> int:
+        if prompt is not None:
+            return 1 if isinstance(prompt, str) else len(prompt)
+        if prompt_embeds is not None:
+            return prompt_embeds.shape[0]
+        return 1 if isinstance(image, PIL.Image.Image) else len(image)
+
+    def check_inputs(
+        self,
+        prompt,
+        image,
+        height,
+        width,
+        negative_prompt=None,
+        prompt_embeds=None,
+        negative_prompt_embeds=None,
+        num_images_per_prompt=1,
+        output_type="pil",
+        callback_on_step_end_tensor_inputs=None,
+    ):
+        given = [
+            name
+            for name, value in (("prompt", prompt), ("prompt_embeds", prompt_embeds), ("image", image))
+            if value is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                f"Pass exactly one of `prompt`, `prompt_embeds` or `image`; got {given or 'none of them'}."
+            )
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if text is not None and not (
+                isinstance(text, str) or (isinstance(text, list) and all(isinstance(p, str) for p in text))
+            ):
+                raise TypeError(f"`{name}` must be a string or a list of strings, got {type(text).__name__}.")
+        if image is not None:
+            if self.image_encoder is None or self.feature_extractor is None:
+                raise ValueError(
+                    "`image` needs an image encoder: pass `image_encoder` (CLIPVisionModelWithProjection) and "
+                    "`feature_extractor` (CLIPImageProcessor) when building or loading the pipeline."
+                )
+            if not isinstance(image, (PIL.Image.Image, list, torch.Tensor)):
+                raise TypeError(
+                    f"`image` must be a PIL image, a list of them or a pixel tensor, got {type(image).__name__}."
+                )
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Pass `negative_prompt` or `negative_prompt_embeds`, not both.")
+
+        dim = self.unet.config.encoder_hid_dim
+        for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if embeds is not None and (
+                not isinstance(embeds, torch.Tensor) or embeds.ndim != 2 or embeds.shape[1] != dim
+            ):
+                got = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+                raise ValueError(
+                    f"`{name}` must be a tensor of shape (batch, {dim}) (unet.config.encoder_hid_dim), got {got}."
+                )
+
+        batch_size = self._batch_size(prompt, prompt_embeds, image)
+        negatives = {
+            "negative_prompt": negative_prompt if isinstance(negative_prompt, list) else None,
+            "negative_prompt_embeds": negative_prompt_embeds,
+        }
+        for name, negative in negatives.items():
+            if negative is not None and len(negative) != batch_size:
+                raise ValueError(
+                    f"`{name}` has batch size {len(negative)} but `{given[0]}` has {batch_size}; "
+                    f"pass one negative per prompt{' or a single string' if name == 'negative_prompt' else ''}."
+                )
+
+        for name, size in (("height", height), ("width", width)):
+            if size % self.vae_scale_factor != 0:
+                raise ValueError(f"`{name}` must be divisible by the VAE factor {self.vae_scale_factor}, got {size}.")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be at least 1, got {num_images_per_prompt}.")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` has {unknown}, which the pipeline does not provide; "
+                f"choose from {self._callback_tensor_inputs}."
+            )
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        image: PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[["VDLPipeline", int, int, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",),
+    ):
+        r"""
+        Generates images for a prompt (or variations of an image).
+
+        Args:
+            prompt (`str` or `list[str]`): what to draw. Exactly one of `prompt`, `prompt_embeds`
+                and `image` is given.
+            negative_prompt (`str` or `list[str]`, *optional*): encoded like `prompt`, it replaces the
+                null embedding as the unconditional branch of guidance.
+            prompt_embeds (`torch.Tensor` of shape `(batch, D)`, *optional*): conditions `t`, used as
+                given (normalise CLIP embeddings first, as `encode_prompt` does).
+            negative_prompt_embeds (`torch.Tensor` of shape `(batch, D)`, *optional*): the
+                unconditional branch, used as given.
+            image (PIL image, list of them, or `torch.Tensor` of CLIP pixel values, *optional*):
+                condition on the normalised CLIP image embedding instead (image variations).
+            height, width (`int`, *optional*): image size in pixels; default
+                `unet.config.sample_size * vae_scale_factor`.
+            num_inference_steps (`int`): denoising steps.
+            guidance_scale (`float`): classifier-free guidance weight `w` in
+                `ε_uncond + w (ε_cond - ε_uncond)`; guidance is off at `w <= 1`.
+            num_images_per_prompt (`int`): images per prompt (or per image).
+            generator (`torch.Generator` or one per image, *optional*): makes sampling reproducible.
+            latents (`torch.Tensor`, *optional*): initial noise in place of a fresh draw.
+            output_type (`str`): `"pil"`, `"np"`, `"pt"` or `"latent"` (undecoded latents).
+            return_dict (`bool`): return an [`ImagePipelineOutput`] rather than a tuple.
+            callback_on_step_end (`Callable`, *optional*): called as
+                `callback_on_step_end(self, i, timestep, callback_kwargs)` after every step; the tensors
+                it returns replace the pipeline's own.
+            callback_on_step_end_tensor_inputs (`list[str]`): which of `_callback_tensor_inputs`
+                go into `callback_kwargs`.
+
+        Examples:
+
+        Returns:
+            [`ImagePipelineOutput`] or `tuple`: the images (first element of the tuple when
+            `return_dict=False`).
+        """
+        # 1. Check inputs
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        self.check_inputs(
+            prompt,
+            image,
+            height,
+            width,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            num_images_per_prompt,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        self._guidance_scale = guidance_scale
+
+        # 2. Define call parameters
+        batch_size = self._batch_size(prompt, prompt_embeds, image)
+        device = self._execution_device
+        dtype = self.unet.dtype
+
+        # 3. Encode the condition t and, for guidance, the unconditional branch
+        if prompt is not None:
+            prompt_embeds = self.encode_prompt(prompt, device)
+        elif image is not None:
+            prompt_embeds = self.encode_image(image, device)
+        prompt_embeds = prompt_embeds.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
+        if self.do_classifier_free_guidance:
+            if negative_prompt is not None:
+                if isinstance(negative_prompt, str):
+                    negative_prompt = [negative_prompt] * batch_size
+                negative_prompt_embeds = self.encode_prompt(negative_prompt, device)
+            elif negative_prompt_embeds is None:
+                negative_prompt_embeds = self.null_condition(batch_size, device, dtype)
+            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=dtype)
+            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+
+        # 4. Prepare timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        step_kwargs = (
+            {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        )
+
+        # 5. Prepare latents
+        latents = self.prepare_latents(
+            batch_size * num_images_per_prompt,
+            self.unet.config.in_channels,
+            height,
+            width,
+            dtype,
+            device,
+            generator,
+            latents,
+        )
+
+        # 6. Denoising loop: one UNet call per step, conditional and unconditional rows batched
+        for i, s in enumerate(self.progress_bar(timesteps)):
+            if self.do_classifier_free_guidance:
+                t = torch.cat([negative_prompt_embeds, prompt_embeds])
+                z = torch.cat([latents, latents])
+            else:
+                t, z = prompt_embeds, latents
+            z = self.scheduler.scale_model_input(z, s)
+            noise_pred = self.unet(
+                z, s, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": t}, return_dict=False
+            )[0]
+            if self.do_classifier_free_guidance:
+                noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
+                noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
+            latents = self.scheduler.step(noise_pred, s, latents, **step_kwargs, return_dict=False)[0]
+
+            if callback_on_step_end is not None:
+                tensors = {
+                    "latents": latents,
+                    "prompt_embeds": prompt_embeds,
+                    "negative_prompt_embeds": negative_prompt_embeds,
+                }
+                callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
+                callback_outputs = callback_on_step_end(self, i, s, callback_kwargs)
+                latents = callback_outputs.pop("latents", latents)
+                prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+
+        # 7. Decode latents
+        if output_type == "latent":
+            images = latents
+        else:
+            images = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+            images = self.image_processor.postprocess(images, output_type=output_type)
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
+        """Saves the components, and copies this file beside them so that plain diffusers loads the
+        folder with ``custom_pipeline="pipeline_vdl", trust_remote_code=True``."""
+        save_directory = os.fspath(save_directory)  # diffusers splits it as a string for push_to_hub=True
+        os.makedirs(save_directory, exist_ok=True)  # the copy precedes super() so push_to_hub=True uploads it
+        shutil.copy(__file__, os.path.join(save_directory, f"{CUSTOM_PIPELINE}.py"))
+        super().save_pretrained(save_directory, **kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+    ) -> str:
+        """Uploads the saved pipeline with a model card that says how to load it without this package
+        (diffusers' own card says nothing about ``custom_pipeline``)."""
+        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        model_card = load_or_create_model_card(
+            repo_id,
+            token=token,
+            is_pipeline=True,
+            model_description=MODEL_CARD.format(repo_id=repo_id, custom_pipeline=CUSTOM_PIPELINE),
+        )
+        model_card = populate_model_card(model_card, tags=["text-to-image", "vdl"])
+        with tempfile.TemporaryDirectory() as tmpdir:
+            self.save_pretrained(tmpdir, safe_serialization=safe_serialization, variant=variant)
+            model_card.save(os.path.join(tmpdir, "README.md"))
+            return self._upload_folder(
+                tmpdir, repo_id, token=token, commit_message=commit_message, create_pr=create_pr
+            )

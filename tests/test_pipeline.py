@@ -1,0 +1,408 @@
+"""VDLPipeline: sampling, guidance, schedulers, saving and loading (with and without this package)."""
+
+import ast
+import json
+import os
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers.utils import hub_utils
+
+from vdl_diffusion import VDLPipeline
+from vdl_diffusion.pipelines import pipeline_vdl
+from vdl_diffusion.testing_utils import save_tiny_clip, tiny_clip_components, tiny_pipeline
+
+D = 16  # the tiny pipeline's embedding width
+STEPS = 2
+PROMPTS = ["a red circle", "a blue square"]
+
+
+def sample(pipe, seed=0, **kwargs):
+    """Images as a float array, with a fresh generator per call (one per image if ``seed`` is a list)."""
+    generator = (
+        [torch.Generator().manual_seed(s) for s in seed]
+        if isinstance(seed, list)
+        else torch.Generator().manual_seed(seed)
+    )
+    kwargs = {"num_inference_steps": STEPS, "output_type": "np", **kwargs}
+    return pipe(generator=generator, **kwargs).images
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def null():
+    return torch.linspace(-0.2, 0.3, D).tolist()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, null):
+    """A pipeline with a non-zero null embedding, saved once for the loading tests."""
+    pipe = tiny_pipeline(seed=1, null_embedding=null)
+    pipe.set_progress_bar_config(disable=True)
+    path = tmp_path_factory.mktemp("vdl")
+    pipe.save_pretrained(path)
+    return pipe, path
+
+
+class UNetCalls:
+    """Records the batch size of every UNet forward pass (and its first input)."""
+
+    def __init__(self, unet):
+        self.batch_sizes, self.inputs = [], []
+        self.handle = unet.register_forward_hook(self.record)
+
+    def record(self, module, args, output):
+        self.batch_sizes.append(args[0].shape[0])
+        self.inputs.append(args[0])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+# Outputs
+
+
+@pytest.mark.parametrize(
+    "output_type, check",
+    [
+        (
+            "pil",
+            lambda images: (
+                len(images) == 4 and all(isinstance(i, PIL.Image.Image) and i.size == (32, 32) for i in images)
+            ),
+        ),
+        ("np", lambda images: images.shape == (4, 32, 32, 3) and images.min() >= 0 and images.max() <= 1),
+        ("pt", lambda images: images.shape == (4, 3, 32, 32) and images.min() >= 0 and images.max() <= 1),
+        ("latent", lambda images: images.shape == (4, 4, 8, 8)),
+    ],
+)
+def test_output_types(pipe, output_type, check):
+    assert check(pipe(PROMPTS, num_images_per_prompt=2, num_inference_steps=STEPS, output_type=output_type).images)
+
+
+def test_return_dict_false_gives_a_tuple(pipe):
+    (latents,) = pipe(PROMPTS[0], num_inference_steps=1, output_type="latent", return_dict=False)
+    assert latents.shape == (1, 4, 8, 8)
+
+
+def test_same_seed_same_images(pipe):
+    np.testing.assert_array_equal(sample(pipe, 0, prompt=PROMPTS[0]), sample(pipe, 0, prompt=PROMPTS[0]))
+    assert not np.allclose(sample(pipe, 0, prompt=PROMPTS[0]), sample(pipe, 1, prompt=PROMPTS[0]))
+
+
+def test_batch_equals_single_calls(pipe):
+    batch = sample(pipe, [0, 1], prompt=PROMPTS)
+    singles = np.concatenate([sample(pipe, s, prompt=p) for s, p in zip([0, 1], PROMPTS, strict=True)])
+    np.testing.assert_allclose(batch, singles, atol=1e-5)
+
+
+def test_prompts_give_different_images(pipe):
+    assert not np.allclose(sample(pipe, 0, prompt=PROMPTS[0]), sample(pipe, 0, prompt=PROMPTS[1]))
+
+
+# Conditioning
+
+
+def test_conditions_are_normalised_clip_embeddings(pipe):
+    text = pipe.tokenizer(
+        PROMPTS, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+    )
+    expected = F.normalize(pipe.text_encoder(text.input_ids).text_embeds, dim=-1)
+    t = pipe.encode_prompt(PROMPTS)
+    torch.testing.assert_close(t, expected)
+    torch.testing.assert_close(t.norm(dim=-1), torch.ones(2))
+    y = pipe.encode_image([PIL.Image.new("RGB", (40, 30), "red")])
+    assert y.shape == (1, D)
+    torch.testing.assert_close(y.norm(dim=-1), torch.ones(1))
+
+
+def test_prompt_embeds_stand_for_the_prompt(pipe):
+    np.testing.assert_allclose(
+        sample(pipe, prompt=PROMPTS[0]), sample(pipe, prompt_embeds=pipe.encode_prompt(PROMPTS[0])), atol=1e-6
+    )
+
+
+def test_image_variations(pipe):
+    image = PIL.Image.new("RGB", (48, 40), "blue")
+    images = sample(pipe, image=[image, image], num_images_per_prompt=2)
+    assert images.shape == (4, 32, 32, 3)
+    np.testing.assert_allclose(images[:1], sample(pipe, prompt_embeds=pipe.encode_image(image)), atol=1e-6)
+
+
+# Classifier-free guidance
+
+
+@pytest.mark.parametrize("guidance_scale, unet_batch", [(1.0, 2), (4.0, 4)])
+def test_one_unet_call_per_step(pipe, guidance_scale, unet_batch):
+    with UNetCalls(pipe.unet) as calls:
+        sample(pipe, prompt=PROMPTS, guidance_scale=guidance_scale, num_inference_steps=3)
+    assert calls.batch_sizes == [unet_batch] * 3
+
+
+def test_guidance_changes_images(pipe):
+    assert not np.allclose(
+        sample(pipe, prompt=PROMPTS[0], guidance_scale=1.0), sample(pipe, prompt=PROMPTS[0], guidance_scale=4.0)
+    )
+
+
+def test_null_embedding_is_the_unconditional_branch(pipe, null):
+    default = sample(pipe, prompt=PROMPTS[0])
+    np.testing.assert_allclose(
+        default, sample(pipe, prompt=PROMPTS[0], negative_prompt_embeds=torch.zeros(1, D)), atol=1e-6
+    )
+    with_null = VDLPipeline(**pipe.components, null_embedding=null)
+    with_null.set_progress_bar_config(disable=True)
+    moved = sample(with_null, prompt=PROMPTS[0])
+    assert not np.allclose(default, moved)
+    np.testing.assert_allclose(
+        moved, sample(pipe, prompt=PROMPTS[0], negative_prompt_embeds=torch.tensor([null])), atol=1e-6
+    )
+
+
+def test_negative_prompt_replaces_the_null_embedding(pipe):
+    negative = sample(pipe, prompt=PROMPTS, negative_prompt="a black ring")
+    assert not np.allclose(negative, sample(pipe, prompt=PROMPTS))
+    embeds = pipe.encode_prompt(["a black ring"] * 2)
+    np.testing.assert_allclose(negative, sample(pipe, prompt=PROMPTS, negative_prompt_embeds=embeds), atol=1e-6)
+
+
+# Schedulers
+
+
+@pytest.mark.parametrize("scheduler_class", [DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler])
+def test_schedulers(pipe, scheduler_class):
+    scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    other = VDLPipeline(**{**pipe.components, "scheduler": scheduler})
+    other.set_progress_bar_config(disable=True)
+    with UNetCalls(other.unet) as calls:
+        images = sample(other, prompt=PROMPTS)
+    assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
+    # init_noise_sigma and scale_model_input together give the UNet unit-variance input at the
+    # first step, whatever the scheduler's parametrisation (Euler starts at sigma ≈ 14).
+    assert 0.7 < calls.inputs[0].std().item() < 1.3
+
+
+# Callbacks
+
+
+def test_callback_on_step_end(pipe):
+    seen = []
+
+    def callback(pipeline, i, timestep, callback_kwargs):
+        seen.append((i, sorted(callback_kwargs)))
+        if i == STEPS - 1:
+            return {"latents": torch.zeros_like(callback_kwargs["latents"])}
+        return {}
+
+    latents = pipe(
+        PROMPTS[0],
+        num_inference_steps=STEPS,
+        output_type="latent",
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["latents", "prompt_embeds", "negative_prompt_embeds"],
+    ).images
+    assert seen == [(i, ["latents", "negative_prompt_embeds", "prompt_embeds"]) for i in range(STEPS)]
+    assert torch.count_nonzero(latents) == 0  # the returned tensors replace the pipeline's own
+
+
+# Saving and loading
+
+
+def test_save_load_round_trip(saved, null):
+    pipe, path = saved
+    assert json.loads((path / "model_index.json").read_text())["null_embedding"] == null
+    loaded = VDLPipeline.from_pretrained(path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded) is VDLPipeline and loaded.config.null_embedding == null
+    np.testing.assert_array_equal(sample(pipe, prompt=PROMPTS), sample(loaded, prompt=PROMPTS))
+    np.testing.assert_array_equal(
+        sample(pipe, image=PIL.Image.new("RGB", (32, 32))), sample(loaded, image=PIL.Image.new("RGB", (32, 32)))
+    )
+
+
+def test_saved_pipeline_file_needs_only_torch_diffusers_transformers(saved):
+    _, path = saved
+    tree = ast.parse((path / "pipeline_vdl.py").read_text())
+    modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert all(n.level == 0 for n in ast.walk(tree) if isinstance(n, ast.ImportFrom))  # no relative imports
+    allowed = {"torch", "diffusers", "transformers", "PIL", "huggingface_hub"} | set(sys.stdlib_module_names)
+    assert {m.split(".")[0] for m in modules} <= allowed
+
+
+def test_loads_with_plain_diffusers(saved, null):
+    pipe, path = saved
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        DiffusionPipeline.from_pretrained(path, custom_pipeline="pipeline_vdl")
+    loaded = DiffusionPipeline.from_pretrained(path, custom_pipeline="pipeline_vdl", trust_remote_code=True)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded).__name__ == "VDLPipeline" and type(loaded) is not VDLPipeline  # the saved file's class
+    assert loaded.config.null_embedding == null
+    np.testing.assert_array_equal(sample(pipe, prompt=PROMPTS), sample(loaded, prompt=PROMPTS))
+
+
+@pytest.mark.parametrize("via", ["push_to_hub", "save_pretrained"])
+def test_push_to_hub_uploads_weights_code_and_card(pipe, tmp_path, monkeypatch, via):
+    uploads = []
+
+    class Repo:
+        repo_id = "someone/vdl-tiny"
+
+    def fake_upload_folder(repo_id, folder_path, **kwargs):
+        files = {os.path.relpath(os.path.join(d, f), folder_path) for d, _, fs in os.walk(folder_path) for f in fs}
+        card = open(os.path.join(folder_path, "README.md")).read()
+        uploads.append((repo_id, files, card))
+
+    def no_remote_card(*args, **kwargs):
+        raise hub_utils.EntryNotFoundError("no model card on the Hub")
+
+    monkeypatch.setattr(pipeline_vdl, "create_repo", lambda *a, **k: Repo())
+    monkeypatch.setattr("diffusers.pipelines.pipeline_utils.create_repo", lambda *a, **k: Repo())
+    monkeypatch.setattr(hub_utils.ModelCard, "load", no_remote_card)
+    monkeypatch.setattr(hub_utils, "upload_folder", fake_upload_folder)
+    if via == "push_to_hub":
+        pipe.push_to_hub("vdl-tiny")
+    else:
+        pipe.save_pretrained(tmp_path / "vdl-tiny", push_to_hub=True)
+
+    [(repo_id, files, card)] = uploads
+    assert repo_id == "someone/vdl-tiny"
+    assert {"README.md", "model_index.json", "pipeline_vdl.py", "unet/diffusion_pytorch_model.safetensors"} <= files
+    assert "library_name: diffusers" in card
+    if via == "push_to_hub":  # our card says how to load the repository without vdl-diffusion
+        assert 'custom_pipeline="pipeline_vdl", trust_remote_code=True' in card and "- vdl" in card
+
+
+# Test builders
+
+
+def test_builders_are_deterministic():
+    a, b, c = tiny_pipeline(seed=0), tiny_pipeline(seed=0), tiny_pipeline(seed=1)
+    for name in ("unet", "vae", "text_encoder", "image_encoder"):
+        weights = [next(iter(getattr(p, name).state_dict().values())) for p in (a, b, c)]
+        assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+
+
+def test_tiny_clip_folder_loads_like_openai_clip(tmp_path):
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionModelWithProjection,
+    )
+
+    save_tiny_clip(tmp_path, embedding_dim=D, seed=3)
+    clip = CLIPModel.from_pretrained(tmp_path)
+    tokenizer = CLIPTokenizer.from_pretrained(tmp_path)
+    pixels = CLIPImageProcessor.from_pretrained(tmp_path)(
+        PIL.Image.new("RGB", (50, 40)), return_tensors="pt"
+    ).pixel_values
+    assert pixels.shape == (1, 3, 32, 32)
+    ids = tokenizer(
+        PROMPTS, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
+    parts = tiny_clip_components(embedding_dim=D, seed=3)
+    with torch.no_grad():
+        clip_output = clip(input_ids=ids, pixel_values=pixels)  # its embeddings come normalised
+        t = parts["text_encoder"](ids).text_embeds
+        y = parts["image_encoder"](pixels).image_embeds
+        torch.testing.assert_close(clip_output.text_embeds, F.normalize(t, dim=-1))
+        torch.testing.assert_close(clip_output.image_embeds, F.normalize(y, dim=-1))
+        torch.testing.assert_close(CLIPTextModelWithProjection.from_pretrained(tmp_path)(ids).text_embeds, t)
+        torch.testing.assert_close(CLIPVisionModelWithProjection.from_pretrained(tmp_path)(pixels).image_embeds, y)
+
+
+# Bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({}, ValueError, "exactly one of `prompt`, `prompt_embeds` or `image`"),
+        (
+            {"prompt": "a", "prompt_embeds": torch.zeros(1, D)},
+            ValueError,
+            r"exactly one of .*\['prompt', 'prompt_embeds'\]",
+        ),
+        (
+            {"prompt": "a", "image": PIL.Image.new("RGB", (32, 32))},
+            ValueError,
+            r"exactly one of .*\['prompt', 'image'\]",
+        ),
+        ({"prompt": 3}, TypeError, "`prompt` must be a string or a list of strings, got int"),
+        ({"prompt": "a", "negative_prompt": ["b", 2]}, TypeError, "`negative_prompt` must be a string"),
+        (
+            {"prompt_embeds": torch.zeros(1, 8)},
+            ValueError,
+            r"`prompt_embeds` must be a tensor of shape \(batch, 16\).*got \(1, 8\)",
+        ),
+        (
+            {"prompt": "a", "negative_prompt_embeds": torch.zeros(1, 8)},
+            ValueError,
+            r"`negative_prompt_embeds` must be .*got \(1, 8\)",
+        ),
+        (
+            {"prompt_embeds": torch.zeros(2, D), "negative_prompt_embeds": torch.zeros(3, D)},
+            ValueError,
+            "`negative_prompt_embeds` has batch size 3 but `prompt_embeds` has 2",
+        ),
+        (
+            {"prompt": ["a", "b"], "negative_prompt": ["c", "d", "e"]},
+            ValueError,
+            "`negative_prompt` has batch size 3 but `prompt` has 2",
+        ),
+        ({"prompt": "a", "negative_prompt": "b", "negative_prompt_embeds": torch.zeros(1, D)}, ValueError, "not both"),
+        ({"prompt": "a", "height": 30}, ValueError, "`height` must be divisible by the VAE factor 4, got 30"),
+        ({"prompt": "a", "width": 18}, ValueError, "`width` must be divisible by the VAE factor 4, got 18"),
+        ({"prompt": "a", "output_type": "jpg"}, ValueError, "`output_type` must be one of"),
+        ({"prompt": "a", "num_images_per_prompt": 0}, ValueError, "`num_images_per_prompt` must be at least 1"),
+        (
+            {"prompt": "a", "callback_on_step_end_tensor_inputs": ["noise"]},
+            ValueError,
+            r"`callback_on_step_end_tensor_inputs` has \['noise'\]",
+        ),
+        (
+            {"prompt": "a", "latents": torch.zeros(1, 4, 4, 4)},
+            ValueError,
+            r"`latents` has shape \(1, 4, 4, 4\), expected \(1, 4, 8, 8\)",
+        ),
+        (
+            {"prompt": "a", "generator": [torch.Generator(), torch.Generator()]},
+            ValueError,
+            "`generator` is a list of 2 generators but 1 images",
+        ),
+        ({"image": "cat.png"}, TypeError, "`image` must be a PIL image"),
+    ],
+)
+def test_bad_inputs(pipe, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        pipe(num_inference_steps=1, **kwargs)
+
+
+def test_image_needs_an_image_encoder(pipe):
+    text_only = VDLPipeline(**{**pipe.components, "image_encoder": None, "feature_extractor": None})
+    with pytest.raises(ValueError, match="`image` needs an image encoder: pass `image_encoder`"):
+        text_only(image=PIL.Image.new("RGB", (32, 32)), num_inference_steps=1)
+
+
+def test_components_must_match_the_unet_width(pipe):
+    with pytest.raises(ValueError, match=r"len\(null_embedding\) is 3 but the UNet takes conditions of width 16"):
+        VDLPipeline(**pipe.components, null_embedding=[0.0, 0.0, 0.0])
+    other_width = tiny_clip_components(embedding_dim=8)
+    with pytest.raises(ValueError, match="text_encoder.config.projection_dim is 8"):
+        VDLPipeline(**{**pipe.components, "text_encoder": other_width["text_encoder"]})
