@@ -1,0 +1,241 @@
+import io
+import json
+import pickle
+from types import SimpleNamespace
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from PIL import Image
+from transformers import CLIPImageProcessor
+
+from vdl_diffusion.cache import (
+    METADATA,
+    CachedEmbeddingDataset,
+    _encode_shard,
+    _write_metadata,
+    build_or_load_cache,
+    cache_settings,
+)
+from vdl_diffusion.data import ImageDataset, ImageTransform, decode_image
+from vdl_diffusion.encoders import FrozenEncoders
+from vdl_diffusion.testing_utils import save_tiny_clip, save_tiny_vae
+
+NUM_IMAGES = 10
+RESOLUTION = 32
+
+
+def image_cell(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (36, 48, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    captions = [f"a red circle {i}" if i % 3 else "" for i in range(NUM_IMAGES)]  # 6 captioned images
+    table = {"image": [image_cell(i) for i in range(NUM_IMAGES)], "text": captions}
+    return datasets.Dataset.from_dict(table).cast_column("image", datasets.Image(decode=False))
+
+
+@pytest.fixture(scope="module")
+def model_paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "clip": str(save_tiny_clip(root / "clip")),
+        "vae": str(save_tiny_vae(root / "vae")),
+        "other_vae": str(save_tiny_vae(root / "other_vae", seed=1)),
+    }
+
+
+@pytest.fixture(scope="module")
+def encoders(model_paths):
+    return FrozenEncoders.from_pretrained(model_paths["clip"], model_paths["vae"])
+
+
+@pytest.fixture(scope="module")
+def shared_cache_dir(tmp_path_factory):
+    """One cache folder for the tests that only read the default cache, so it is built once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def accelerator():
+    return Accelerator(cpu=True)
+
+
+@pytest.fixture
+def image_calls(encoders, monkeypatch):
+    """Counts the image batches that go through the encoders."""
+    calls = []
+    encode_images = encoders.encode_images
+    monkeypatch.setattr(encoders, "encode_images", lambda pixel_values: calls.append(1) or encode_images(pixel_values))
+    return calls
+
+
+def build(accelerator, dataset, encoders, cache_dir, **overrides):
+    options = dict(resolution=RESOLUTION, random_flip=True, caption_column="text", caption_fraction=0.5, seed=0, batch_size=4)
+    return build_or_load_cache(accelerator, dataset, encoders, cache_dir, **{**options, **overrides})
+
+
+def test_cache_is_built_once_and_then_reused(accelerator, dataset, encoders, image_calls, tmp_path):
+    first = build(accelerator, dataset, encoders, tmp_path)
+    assert len(image_calls) == 3  # 10 images in batches of 4
+    second = build(accelerator, dataset, encoders, tmp_path)
+    assert len(image_calls) == 3
+    assert second.folder == first.folder and len(second) == NUM_IMAGES
+    assert [path.name for path in tmp_path.iterdir()] == [first.folder.name]
+
+
+def test_cached_rows_equal_encoding_on_the_fly(accelerator, dataset, encoders, shared_cache_dir):
+    cache = build(accelerator, dataset, encoders, shared_cache_dir)
+    images = build(accelerator, dataset, encoders, shared_cache_dir, random_flip=False, no_cache=True)
+    assert isinstance(images, ImageDataset)
+    batch = torch.utils.data.default_collate([images[i] for i in range(NUM_IMAGES)])
+    expected = images.prepare_batch(batch, encoders)  # what --no_cache computes in the training loop
+    cached = cache.prepare_batch(torch.utils.data.default_collate([cache[i] for i in range(NUM_IMAGES)]), encoders)
+    for key in ("y", "features", "caption_embeds", "has_caption"):
+        torch.testing.assert_close(cached[key], expected[key])
+    assert expected["has_caption"].sum() == 3 and not cached["caption_embeds"][~cached["has_caption"]].any()
+    flipped = encoders.encode_latents(batch["pixel_values"].flip(-1))
+    for i in range(NUM_IMAGES):
+        assert torch.allclose(cached["latents"][i], expected["latents"][i], atol=1e-5) or torch.allclose(
+            cached["latents"][i], flipped[i], atol=1e-5
+        )
+    captioned = int(expected["has_caption"].nonzero()[0])
+    torch.testing.assert_close(cached["caption_embeds"][captioned], encoders.encode_text([batch["caption"][captioned]])[0])
+
+
+def test_flip_is_drawn_in_the_training_step_not_when_loading(accelerator, dataset, encoders, shared_cache_dir):
+    cache = build(accelerator, dataset, encoders, shared_cache_dir)
+    pixel_values = ImageTransform(RESOLUTION)(decode_image(dataset[0]["image"]))[None]
+    plain, mirrored = encoders.encode_latents(pixel_values)[0], encoders.encode_latents(pixel_values.flip(-1))[0]
+    state = torch.random.get_rng_state()
+    row = cache[0]
+    assert torch.equal(torch.random.get_rng_state(), state)  # loading draws nothing
+    torch.testing.assert_close(row["latents"], plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(row["latents_flipped"], mirrored, atol=1e-5, rtol=0)
+
+    batch = torch.utils.data.default_collate([cache[0]] * 20)
+    torch.manual_seed(1)
+    draws = cache.prepare_batch(batch, encoders)["latents"]
+    is_mirrored = [torch.allclose(draw, mirrored, atol=1e-5) for draw in draws]
+    assert 0 < sum(is_mirrored) < len(draws)
+    assert all(m or torch.allclose(draw, plain, atol=1e-5) for draw, m in zip(draws, is_mirrored))
+    torch.manual_seed(1)
+    torch.testing.assert_close(cache.prepare_batch(batch, encoders)["latents"], draws)  # reproducible from the seed
+
+    unflipped = build(accelerator, dataset, encoders, shared_cache_dir, random_flip=False)
+    assert unflipped.folder != cache.folder
+    assert "latents_flipped" not in unflipped[0]
+
+
+def test_caption_fraction_sets_how_many_captions_are_cached(accelerator, dataset, encoders, shared_cache_dir):
+    for fraction in (0.0, 0.5, 1.0):
+        cache = build(accelerator, dataset, encoders, shared_cache_dir, caption_fraction=fraction)
+        has_caption = torch.stack([cache[i]["has_caption"] for i in range(NUM_IMAGES)])
+        assert int(has_caption.sum()) == round(fraction * 6)
+
+
+@pytest.mark.parametrize("change", ["resolution", "vae", "center_crop", "caption_fraction", "dataset"])
+def test_a_changed_setting_builds_a_new_cache(accelerator, dataset, encoders, model_paths, shared_cache_dir, change):
+    original = build(accelerator, dataset, encoders, shared_cache_dir)
+    if change == "resolution":
+        changed = build(accelerator, dataset, encoders, shared_cache_dir, resolution=16)
+        assert changed[0]["latents"].shape[-1] == original[0]["latents"].shape[-1] // 2
+    elif change == "vae":
+        other = FrozenEncoders.from_pretrained(model_paths["clip"], model_paths["other_vae"])
+        changed = build(accelerator, dataset, other, shared_cache_dir)
+        assert not torch.allclose(changed[0]["latents"], original[0]["latents"])
+    elif change == "center_crop":
+        changed = build(accelerator, dataset, encoders, shared_cache_dir, center_crop=False)
+    elif change == "caption_fraction":
+        changed = build(accelerator, dataset, encoders, shared_cache_dir, caption_fraction=1.0)
+    else:
+        changed = build(accelerator, dataset.select(range(NUM_IMAGES - 1)), encoders, shared_cache_dir)
+    assert changed.folder != original.folder
+    assert original.folder.exists()
+
+
+def test_cache_key_ignores_the_seed_when_it_does_not_matter(dataset, encoders):
+    settings = dict(image_column="image", resolution=RESOLUTION, center_crop=True, random_flip=False, caption_column="text")
+    assert cache_settings(dataset, encoders, **settings, caption_fraction=1.0, seed=0) == cache_settings(
+        dataset, encoders, **settings, caption_fraction=1.0, seed=1
+    )
+    assert cache_settings(dataset, encoders, **settings, caption_fraction=0.5, seed=0) != cache_settings(
+        dataset, encoders, **settings, caption_fraction=0.5, seed=1
+    )
+
+
+@pytest.mark.parametrize("damage", ["no_metadata", "temporary_files", "other_settings"])
+def test_a_half_written_cache_is_rebuilt_not_read(accelerator, dataset, encoders, image_calls, tmp_path, damage):
+    complete = build(accelerator, dataset, encoders, tmp_path)
+    reference = complete[3]["y"].clone()
+    folder = complete.folder
+    shard = next(folder.glob("shard-*.safetensors"))
+    if damage == "no_metadata":  # killed after the shards, before the marker; a shard is garbage
+        (folder / METADATA).unlink()
+        shard.write_bytes(b"half a shard")
+    elif damage == "temporary_files":  # killed while writing the marker
+        (folder / METADATA).rename(folder / f".{METADATA}.123.tmp")
+        (folder / f".{shard.name}.456.tmp").write_bytes(b"partial")
+    else:  # a marker for other settings (e.g. copied from another run)
+        metadata = json.loads((folder / METADATA).read_text())
+        metadata["settings"]["resolution"] = 64
+        (folder / METADATA).write_text(json.dumps(metadata))
+        shard.write_bytes(b"garbage")
+    image_calls.clear()
+    rebuilt = build(accelerator, dataset, encoders, tmp_path)
+    assert image_calls
+    assert rebuilt.folder == folder
+    torch.testing.assert_close(rebuilt[3]["y"], reference)
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_shards_from_several_processes_merge_into_one_dataset(accelerator, dataset, encoders, shared_cache_dir, tmp_path):
+    single = build(accelerator, dataset, encoders, shared_cache_dir)
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    images = ImageDataset(dataset, ImageTransform(RESOLUTION), caption_column="text", caption_fraction=0.5, seed=0)
+    for rank in range(3):
+        process = SimpleNamespace(process_index=rank, num_processes=3, is_local_main_process=rank == 0)
+        _encode_shard(process, images, encoders, folder, random_flip=False, batch_size=2, num_workers=0)
+    _write_metadata(folder, {**single.settings, "random_flip": False})
+    sharded = CachedEmbeddingDataset(folder)
+    assert len(sharded.shards) == 3 and len(sharded) == NUM_IMAGES
+    for i in range(NUM_IMAGES):
+        torch.testing.assert_close(sharded[i]["y"], single[i]["y"])
+        torch.testing.assert_close(sharded[i]["caption_embeds"], single[i]["caption_embeds"])
+
+
+def test_cached_dataset_batches_and_pickles(accelerator, dataset, encoders, shared_cache_dir):
+    cache = build(accelerator, dataset, encoders, shared_cache_dir)
+    batch = next(iter(torch.utils.data.DataLoader(cache, batch_size=4)))
+    assert batch["latents"].shape == (4, encoders.latent_channels, 8, 8)
+    assert batch["y"].shape == batch["caption_embeds"].shape == (4, encoders.embedding_dim)
+    assert batch["features"].shape == (4, encoders.feature_dim)
+    assert batch["has_caption"].dtype == torch.bool
+    restored = pickle.loads(pickle.dumps(cache))
+    torch.testing.assert_close(restored[5]["features"], cache[5]["features"])
+
+
+def test_encoders_give_unit_embeddings_from_clip_normalised_pixels(encoders):
+    size = encoders.image_encoder.config.image_size
+    # A smooth 48×64 image, so PIL's and torch's bicubic resampling agree closely.
+    rows, columns = np.meshgrid(np.linspace(0, 1, 48), np.linspace(0, 1, 64), indexing="ij")
+    array = np.stack([rows, columns, np.sin(3 * rows + 2 * columns) ** 2], axis=-1)
+    image = Image.fromarray((array * 255).round().astype(np.uint8))
+    pixel_values = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    reference = processor(images=image, return_tensors="pt").pixel_values
+    one_level = 1 / 255 / min(processor.image_std)  # one 8-bit step, after normalisation
+    torch.testing.assert_close(encoders.clip_pixels(pixel_values), reference, atol=one_level, rtol=0)
+
+    out = encoders.encode_images(pixel_values)
+    torch.testing.assert_close(out["y"].norm(dim=-1), torch.ones(1))
+    torch.testing.assert_close(encoders.encode_text(["a red circle", "a blue star"]).norm(dim=-1), torch.ones(2))
+    assert out["features"].shape == (1, encoders.feature_dim)
+    assert out["latents"].shape == (1, encoders.latent_channels, 48 // encoders.vae_scale_factor, 64 // encoders.vae_scale_factor)

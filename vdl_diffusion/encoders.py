@@ -1,0 +1,176 @@
+"""The frozen models of VDL: the VAE that gives `z0`, CLIP's image encoder `f_I` and text encoder `f_T`.
+
+One home for running them, used to build the embedding cache and, with ``--no_cache``, inside
+the training loop, so both paths produce the same tensors.
+"""
+
+import hashlib
+import json
+import logging
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+    PreTrainedTokenizerBase,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class FrozenEncoders(torch.nn.Module):
+    """VAE + CLIP vision + CLIP text, in eval mode, without gradients.
+
+    Inputs are moved to the encoders' device and dtype; outputs come back in that dtype.
+    """
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        image_encoder: CLIPVisionModelWithProjection,
+        text_encoder: CLIPTextModelWithProjection,
+        tokenizer: PreTrainedTokenizerBase,
+        feature_extractor: CLIPImageProcessor,
+    ):
+        super().__init__()
+        self.vae = vae
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor  # its mean and std; saved with the pipeline
+        mean, std = feature_extractor.image_mean, feature_extractor.image_std
+        self.register_buffer("image_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False).eval()
+        self._fingerprint = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        clip_path: str,
+        vae_path: str,
+        *,
+        vae_subfolder: str | None = None,
+        revision: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        cache_dir: str | None = None,
+    ) -> "FrozenEncoders":
+        """Loads e.g. ``openai/clip-vit-large-patch14`` and ``stabilityai/sd-vae-ft-mse`` (or local folders).
+
+        For the VAE of a full Stable Diffusion repository pass ``vae_subfolder="vae"``.
+        """
+        hub = dict(revision=revision, cache_dir=cache_dir)
+        vae = AutoencoderKL.from_pretrained(vae_path, subfolder=vae_subfolder, **hub)
+        image_encoder = CLIPVisionModelWithProjection.from_pretrained(clip_path, **hub)
+        text_encoder = CLIPTextModelWithProjection.from_pretrained(clip_path, **hub)
+        tokenizer = CLIPTokenizer.from_pretrained(clip_path, **hub)
+        try:
+            feature_extractor = CLIPImageProcessor.from_pretrained(clip_path, **hub)
+        except OSError:
+            logger.warning("No image processor config in %s; normalising with OpenAI CLIP's mean and std.", clip_path)
+            size = image_encoder.config.image_size
+            feature_extractor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        encoders = cls(vae, image_encoder, text_encoder, tokenizer, feature_extractor)
+        return encoders.to(device=device, dtype=dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.vae.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vae.dtype
+
+    @property
+    def embedding_dim(self) -> int:
+        """D, the dimension of the joint CLIP space where `y` and `t` live."""
+        return self.image_encoder.config.projection_dim
+
+    @property
+    def feature_dim(self) -> int:
+        """The dimension of CLIP's pooled vision feature `h(x)`."""
+        return self.image_encoder.config.hidden_size
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`z0` for images in [-1, 1]: the mean of the VAE posterior, shifted and scaled.
+
+        The mean, not a sample: a cached latent must be a function of the image, and cached and
+        uncached training must see the same `z0`. The SD VAE's posterior is narrow next to the
+        spread of the latents, so a sample would add little but noise baked into the cache.
+        """
+        pixel_values = pixel_values.to(self.device, self.dtype)
+        latents = self.vae.encode(pixel_values).latent_dist.mode()
+        if self.vae.config.shift_factor is not None:
+            latents = latents - self.vae.config.shift_factor
+        return latents * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``latents`` (`z0`), ``y`` (unit CLIP image embedding) and ``features`` (pooled, pre-projection).
+
+        `y` and ``features`` come from one vision forward pass.
+        """
+        pooled = self.image_encoder.vision_model(pixel_values=self.clip_pixels(pixel_values)).pooler_output
+        y = F.normalize(self.image_encoder.visual_projection(pooled), dim=-1)
+        return {"latents": self.encode_latents(pixel_values), "y": y, "features": pooled}
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """`t = f_T(caption)`: unit CLIP text embeddings, one row per caption."""
+        tokens = self.tokenizer(
+            captions,
+            padding="max_length",
+            max_length=self.text_encoder.config.max_position_embeddings,
+            truncation=True,
+            return_tensors="pt",
+        )
+        t = self.text_encoder(input_ids=tokens.input_ids.to(self.device)).text_embeds
+        return F.normalize(t, dim=-1)
+
+    def clip_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """What ``CLIPImageProcessor`` does, batched in torch: shorter side to the model's size, centre crop, normalise."""
+        size = self.image_encoder.config.image_size
+        x = (pixel_values.to(self.device, torch.float32) + 1.0) / 2.0
+        height, width = x.shape[-2:]
+        resized = (size * height // min(height, width), size * width // min(height, width))  # as transformers rounds
+        x = F.interpolate(x, size=resized, mode="bicubic", antialias=True, align_corners=False).clamp(0.0, 1.0)
+        top, left = (resized[0] - size) // 2, (resized[1] - size) // 2
+        x = x[..., top : top + size, left : left + size]
+        return ((x - self.image_mean.float()) / self.image_std.float()).to(self.dtype)
+
+    def fingerprint(self) -> str:
+        """A hash of everything that decides the encoders' outputs: weights, configs, normalisation, vocabulary.
+
+        Weights rather than names, so a fine-tuned checkpoint in a reused folder never matches an old cache.
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for name, model in (("vae", self.vae), ("image_encoder", self.image_encoder), ("text_encoder", self.text_encoder)):
+                digest.update(json.dumps([name, type(model).__name__, _config_dict(model)], sort_keys=True, default=str).encode())
+                for key, tensor in model.state_dict().items():
+                    digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+                    digest.update(tensor.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
+            digest.update(json.dumps([self.image_mean.flatten().tolist(), self.image_std.flatten().tolist()]).encode())
+            digest.update(json.dumps(self.tokenizer.get_vocab(), sort_keys=True).encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+
+def _config_dict(model: torch.nn.Module) -> dict:
+    """A model's config without the library version and private keys, which do not change its outputs."""
+    config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
+    return {key: value for key, value in config.items() if not key.startswith("_") and "version" not in key}
