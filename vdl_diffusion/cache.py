@@ -22,6 +22,7 @@ from typing import Any, Callable
 import datasets
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import broadcast_object_list
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -29,6 +30,8 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset, ImageTransform
 from .encoders import FrozenEncoders
+
+logger = get_logger(__name__)
 
 CACHE_VERSION = 1  # bump when the stored tensors change meaning
 METADATA = "metadata.json"
@@ -75,7 +78,10 @@ def build_or_load_cache(
     folder = Path(cache_dir) / hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     # The main process decides, so all processes take the same branch even on a lagging shared filesystem.
     complete = broadcast_object_list([accelerator.is_main_process and is_complete(folder, settings)])[0]
-    if not complete:
+    if complete:
+        logger.info(f"Reusing the embedding cache {folder}.")
+    else:
+        logger.info(f"Encoding {len(dataset)} images into the embedding cache {folder}.")
         if accelerator.is_main_process:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)

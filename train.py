@@ -1,0 +1,520 @@
+"""Train a text-to-image latent diffusion model on images without captions (VDL, CVPR 2023).
+
+A frozen CLIP embeds each image as ``y``; the posterior ``q(t | x, y)`` samples the hidden text
+embedding ``t̃`` that conditions the UNet; the loss is the negative ELBO
+``L_diff(z0, t̃) + β · KL(q || p(t | y)) / n_latent`` (vdl_diffusion/objective.py). At the end the
+UNet is exported as a ``VDLPipeline`` that is prompted with real CLIP text embeddings.
+
+With no arguments it trains on the built-in toy world (shipped CLIP and VAE, no download):
+
+    accelerate launch train.py                                   # one CPU or one GPU
+    accelerate launch --num_processes 2 train.py ...             # several processes / GPUs (DDP)
+    accelerate launch --multi_gpu --num_machines 2 --machine_rank 0 \\
+        --main_process_ip 10.0.0.1 --main_process_port 29500 --num_processes 16 train.py ...   # nodes
+    accelerate launch --config_file examples/accelerate/deepspeed_zero2.yaml train.py ...   # DeepSpeed
+    accelerate launch --config_file examples/accelerate/fsdp.yaml train.py ...              # FSDP
+
+On real data:
+
+    accelerate launch train.py --train_data_dir ./my_images --pretrained_clip openai/clip-vit-large-patch14 \\
+        --pretrained_vae stabilityai/sd-vae-ft-mse --resolution 256 --unet_preset base \\
+        --train_batch_size 32 --mixed_precision bf16 --output_dir vdl-model --push_to_hub
+"""
+
+import argparse
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, DistributedType, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers.utils import make_image_grid
+from tqdm.auto import tqdm
+
+from vdl_diffusion import VDLPipeline
+from vdl_diffusion.cache import build_or_load_cache
+from vdl_diffusion.conditioning import METHODS
+from vdl_diffusion.data import load_image_dataset
+from vdl_diffusion.encoders import FrozenEncoders
+from vdl_diffusion.hub import push_pipeline_to_hub, save_model_card
+from vdl_diffusion.models import UNET_PRESETS, build_unet
+from vdl_diffusion.objective import ELBO, beta_at
+from vdl_diffusion.posterior import FAMILIES, TextEmbeddingPosterior
+from vdl_diffusion.priors import PRIORS, LearnedPrior, build_prior, estimate_text_cone
+from vdl_diffusion.toy import TOY_CLIP, TOY_VAE, ToyWorld, write_imagefolder
+
+logger = get_logger(__name__)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data (default: the toy world's training images, without captions)")
+    g.add_argument("--dataset_name", help="A Hugging Face Hub dataset of images.")
+    g.add_argument("--toy_train_images", type=int, default=20000, help="Size of the toy world's training split (the default data).")
+    g.add_argument("--dataset_config_name", help="The dataset's configuration, if it has several.")
+    g.add_argument("--train_data_dir", help="A local image folder (datasets' imagefolder layout).")
+    g.add_argument("--image_column", default="image", help="Column holding the images.")
+    g.add_argument("--caption_column", help="Column holding captions; only for --method supervised or --caption_fraction > 0.")
+    g.add_argument("--caption_fraction", type=float, default=0.0, help="Share of images whose caption training may see (semi-supervised).")
+    g.add_argument("--resolution", type=int, default=32, help="Training images are resized and cropped to this size.")
+    g.add_argument("--center_crop", action="store_true", help="Center-crop instead of random-crop.")
+    g.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random.")
+    g.add_argument("--max_train_samples", type=int, help="Use only the first N images (debugging, quick runs).")
+    g.add_argument("--cache_dir", default="cache", help="Where encoded latents and CLIP embeddings are cached.")
+    g.add_argument("--no_cache", action="store_true", help="Run the frozen encoders in every step (streaming data too large to cache).")
+    g.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loader worker processes.")
+
+    g = p.add_argument_group("models")
+    g.add_argument("--pretrained_clip", help="A CLIP with projection heads (e.g. openai/clip-vit-large-patch14); default: the toy CLIP.")
+    g.add_argument("--pretrained_vae", help="An AutoencoderKL (e.g. stabilityai/sd-vae-ft-mse); default: the toy VAE.")
+    g.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS), help="Size of a fresh UNet.")
+    g.add_argument("--pretrained_unet", help="Start from this UNet2DConditionModel instead of a fresh one.")
+    g.add_argument("--pretrained_pipeline", help="Continue from a saved VDLPipeline (its UNet, posterior and prior).")
+    g.add_argument("--revision", help="Hub revision of the pretrained models.")
+
+    g = p.add_argument_group("method (METHOD.md)")
+    g.add_argument("--method", default="vdl", choices=METHODS, help="What conditions the UNet in training.")
+    g.add_argument("--prior", default="clip", choices=PRIORS, help="The prior p(t | y).")
+    g.add_argument("--prior_texts", help="A text file of unpaired texts, one a line, for the clip-gap prior (default: the toy world's).")
+    g.add_argument("--logit_scale", type=float, default=100.0, help="CLIP's logit scale s, the clip prior's concentration.")
+    g.add_argument("--posterior_family", default="power_spherical", choices=FAMILIES, help="The posterior's family.")
+    g.add_argument("--posterior_hidden_dim", type=int, default=512, help="Width of the posterior MLP.")
+    g.add_argument("--beta", type=float, default=1.0, help="Weight of the KL term.")
+    g.add_argument("--beta_warmup_steps", type=int, default=0, help="Linear warm-up of beta from 0 over this many steps.")
+    g.add_argument("--caption_weight", type=float, default=1.0, help="λ on -log q(t* | x, y) for captioned images.")
+    g.add_argument("--p_uncond", type=float, default=0.1, help="Probability of the null condition (classifier-free guidance).")
+    g.add_argument("--learn_null_embedding", action="store_true", help="Learn the null embedding instead of zeros.")
+    g.add_argument("--lafite_xi", type=float, default=0.75, help="Noise level ξ of the lafite baseline.")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Steps to accumulate before an update.")
+    g.add_argument("--max_train_steps", type=int, default=1000, help="Total optimisation steps (wins over --num_train_epochs).")
+    g.add_argument("--num_train_epochs", type=int, help="Train for this many epochs instead of --max_train_steps.")
+    g.add_argument("--learning_rate", type=float, default=3e-4, help="Peak learning rate.")
+    g.add_argument("--scale_lr", action="store_true", help="Multiply the learning rate by processes × batch × accumulation.")
+    g.add_argument("--lr_scheduler", default="cosine", help="constant, constant_with_warmup, linear, cosine, ...")
+    g.add_argument("--lr_warmup_steps", type=int, default=100, help="Learning-rate warm-up steps.")
+    g.add_argument("--adam_beta1", type=float, default=0.9)
+    g.add_argument("--adam_beta2", type=float, default=0.999)
+    g.add_argument("--adam_weight_decay", type=float, default=1e-2)
+    g.add_argument("--adam_epsilon", type=float, default=1e-8)
+    g.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
+    g.add_argument("--prediction_type", default="epsilon", choices=["epsilon", "v_prediction"], help="The UNet's target.")
+    g.add_argument("--snr_gamma", type=float, help="Min-SNR weighting γ (5 is the usual choice); off by default.")
+    g.add_argument("--noise_offset", type=float, default=0.0, help="Noise offset (0.05 is common).")
+    g.add_argument("--use_ema", action="store_true", help="Keep an EMA of the UNet, used for validation and export.")
+    g.add_argument("--ema_decay", type=float, default=0.999)
+    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="Overrides the accelerate config.")
+    g.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for memory in the UNet.")
+    g.add_argument("--enable_xformers_memory_efficient_attention", action="store_true")
+    g.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs.")
+    g.add_argument("--seed", type=int, default=0, help="Seed for exact reproducibility and resume.")
+
+    g = p.add_argument_group("checkpoints and outputs")
+    g.add_argument("--output_dir", default="outputs/vdl-toy", help="Where the pipeline, checkpoints and samples go.")
+    g.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
+    g.add_argument("--checkpoints_total_limit", type=int, help="Keep at most this many checkpoints.")
+    g.add_argument("--resume_from_checkpoint", help="'latest' (in --output_dir) or a checkpoint folder.")
+    g.add_argument("--validation_prompts", nargs="*", default=["a red circle", "a blue square", "a green triangle", "a yellow star"])
+    g.add_argument("--validation_steps", type=int, default=500, help="Sample the validation prompts every N steps.")
+    g.add_argument("--num_validation_images", type=int, default=4, help="Images per validation prompt.")
+    g.add_argument("--guidance_scale", type=float, default=3.0, help="Guidance for validation samples.")
+    g.add_argument("--logging_steps", type=int, default=10, help="Log (and check the loss is finite) every N steps.")
+    g.add_argument("--report_to", help="tensorboard, wandb, all or none (default: tensorboard if installed, else none).")
+    g.add_argument("--logging_dir", default="logs", help="Tracker logs, under --output_dir.")
+    g.add_argument("--push_to_hub", action="store_true", help="Upload the final pipeline and a model card.")
+    g.add_argument("--hub_model_id", help="Hub repository (default: the output folder's name).")
+    g.add_argument("--hub_token", help="Hub token (default: the saved login).")
+    g.add_argument("--push_checkpoints", action="store_true", help="Also upload checkpoints to the Hub as they are written.")
+    args = p.parse_args(argv)
+    check_args(p, args)
+    return args
+
+
+def check_args(parser, args):
+    """Fail before any model loads on flags that cannot work together."""
+    if args.dataset_name and args.train_data_dir:
+        parser.error("Give --dataset_name or --train_data_dir, not both.")
+    needs_captions = args.method == "supervised" or args.caption_fraction > 0 or args.prior == "learned"
+    toy_world = not (args.dataset_name or args.train_data_dir)
+    if needs_captions and not args.caption_column:
+        if toy_world:
+            args.caption_column = "text"  # the toy world's image folder stores its captions there
+        else:
+            parser.error(f"--method {args.method} / --caption_fraction / --prior learned need captions: pass --caption_column.")
+    if args.method == "supervised":
+        if args.caption_fraction not in (0, 1):
+            parser.error("--method supervised uses every caption: leave --caption_fraction at 0 or set it to 1.")
+        args.caption_fraction = 1.0
+    if not 0 <= args.caption_fraction <= 1:
+        parser.error(f"--caption_fraction must be in [0, 1], got {args.caption_fraction}.")
+    if args.prior == "learned" and args.method != "supervised" and args.caption_fraction == 0:
+        parser.error("--prior learned is fitted on captioned images: set --caption_fraction > 0.")
+    if args.pretrained_unet and args.pretrained_pipeline:
+        parser.error("Give --pretrained_unet or --pretrained_pipeline, not both.")
+    if args.resolution % 8:
+        parser.error(f"--resolution must be a multiple of 8, got {args.resolution}.")
+    if args.report_to is None:
+        args.report_to = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+    if args.push_to_hub and args.hub_token and args.report_to in ("wandb", "all"):
+        parser.error("--hub_token with --report_to wandb would expose the token: log in with `hf auth login` instead.")
+
+
+def main(args):
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        # Processes started by torchrun (accelerate launch --multi_gpu) on a machine without an accelerator
+        # would each train alone; make them a CPU process group (gloo) instead.
+        cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available(),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=output_dir, logging_dir=output_dir / args.logging_dir),
+        # The data order depends on (seed, epoch) alone, so a resumed run sees the same batches.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # A learned prior gets gradients only from captioned images, absent from some batches.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.prior == "learned")],
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    set_seed(args.seed)  # the same on every process: identical initial weights and data order
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    # Frozen encoders: CLIP (f_I, f_T) and the VAE. They run once per image to fill the cache.
+    encoders = FrozenEncoders.from_pretrained(args.pretrained_clip or TOY_CLIP, args.pretrained_vae or TOY_VAE, revision=args.revision)
+    encoders.to(accelerator.device)
+
+    # Data: images (and captions only where the method may see them), encoded once into the cache.
+    dataset, num_skipped = load_image_dataset(
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_data_dir=args.train_data_dir or (None if args.dataset_name else toy_train_dir(accelerator, args)),
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        max_train_samples=args.max_train_samples,
+    )
+    logger.info(f"{len(dataset)} training images; {num_skipped} could not be decoded and are skipped.")
+    train_dataset = build_or_load_cache(
+        accelerator, dataset, encoders, args.cache_dir, resolution=args.resolution, image_column=args.image_column,
+        center_crop=args.center_crop, random_flip=args.random_flip, caption_column=args.caption_column,
+        caption_fraction=args.caption_fraction, seed=args.seed, num_workers=args.dataloader_num_workers,
+        no_cache=args.no_cache,
+    )
+
+    # The generator p_θ(x | t), the posterior q_φ(t | x, y) and the prior p(t | y).
+    unet, posterior, prior = build_models(args, encoders)
+    noise_scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=args.prediction_type)
+    elbo = ELBO(
+        unet, noise_scheduler, method=args.method, posterior=posterior, prior=prior, p_uncond=args.p_uncond,
+        learn_null_embedding=args.learn_null_embedding, lafite_xi=args.lafite_xi, caption_weight=args.caption_weight,
+        snr_gamma=args.snr_gamma, noise_offset=args.noise_offset,
+    )
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if args.enable_xformers_memory_efficient_attention:
+        unet.enable_xformers_memory_efficient_attention()
+    ema_unet = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=UNet2DConditionModel, model_config=unet.config) if args.use_ema else None
+
+    total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    if args.scale_lr:
+        args.learning_rate *= total_batch_size
+    optimizer = torch.optim.AdamW(
+        [p for p in elbo.parameters() if p.requires_grad], lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+    )
+    train_dataloader = torch.utils.data.DataLoader(
+        train_dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
+        num_workers=args.dataloader_num_workers, pin_memory=accelerator.device.type == "cuda",
+        # Its own generator: starting an epoch's iterator must not draw from the training RNG, or a
+        # resumed run (which starts one mid-epoch) would draw different noise from then on.
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    if len(train_dataloader) == 0:
+        raise ValueError(f"{len(train_dataset)} images are fewer than one batch of {args.train_batch_size}: lower --train_batch_size.")
+    updates_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    if args.num_train_epochs:
+        args.max_train_steps = args.num_train_epochs * updates_per_epoch
+    num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    elbo, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(elbo, optimizer, train_dataloader, lr_scheduler)
+    updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)  # now per process
+    num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
+    if ema_unet is not None:
+        ema_unet.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema_unet)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("vdl-diffusion", config={k: str(v) if isinstance(v, list) else v for k, v in vars(args).items()})
+    set_seed(args.seed, device_specific=True)  # from here on, each process draws its own noise
+
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    checkpoint = find_checkpoint(args.resume_from_checkpoint, output_dir)
+    if checkpoint is not None:
+        accelerator.load_state(checkpoint)
+        global_step = json.loads((checkpoint / "training_state.json").read_text())["global_step"]
+        first_epoch = global_step // updates_per_epoch
+        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+        logger.info(f"Resumed from {checkpoint} at step {global_step}.")
+
+    logger.info(
+        f"Training {args.method} ({args.prior} prior) for {args.max_train_steps} steps: {len(train_dataset)} images, "
+        f"batch {args.train_batch_size} × {accelerator.num_processes} processes × {args.gradient_accumulation_steps} "
+        f"accumulation = {total_batch_size}."
+    )
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process)
+    first_nonfinite = torch.tensor(-1, device=accelerator.device)
+    window_start, window_steps = time.perf_counter(), 0
+    for epoch in range(first_epoch, num_epochs):
+        elbo.train()
+        train_dataloader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(train_dataloader, skip_batches) if epoch == first_epoch else train_dataloader
+        for batch in batches:
+            with accelerator.accumulate(elbo):
+                batch = train_dataset.prepare_batch(batch, encoders)  # flip choice; encoders run here without a cache
+                beta = beta_at(global_step, args.beta, args.beta_warmup_steps)
+                loss, logs = elbo(batch, beta=beta)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(elbo.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            # Record the first non-finite loss without a host sync; it is checked when we log or save.
+            first_nonfinite = torch.where((first_nonfinite < 0) & ~torch.isfinite(loss.detach()), global_step + 1, first_nonfinite)
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            window_steps += 1
+            progress.update(1)
+            if ema_unet is not None:
+                ema_unet.step(accelerator.unwrap_model(elbo).unet.parameters())
+
+            done = global_step >= args.max_train_steps
+            if global_step % args.logging_steps == 0 or done or global_step % args.checkpointing_steps == 0:
+                stop_if_nonfinite(accelerator, first_nonfinite, output_dir)
+                logs = {k: accelerator.reduce(torch.as_tensor(v, device=accelerator.device, dtype=torch.float32), "mean").item() for k, v in logs.items()}
+                elapsed = time.perf_counter() - window_start
+                logs.update(lr=lr_scheduler.get_last_lr()[0], images_per_s=window_steps * total_batch_size / elapsed)
+                window_start, window_steps = time.perf_counter(), 0
+                progress.set_postfix({k: f"{logs[k]:.4g}" for k in ("loss", "kl", "cos_t_y", "images_per_s") if k in logs})
+                accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0 or done:
+                save_checkpoint(accelerator, output_dir, global_step, args)
+            if args.validation_prompts and (global_step % args.validation_steps == 0 or done) and accelerator.is_main_process:
+                with ema_weights(ema_unet, accelerator.unwrap_model(elbo).unet):
+                    log_validation(args, accelerator, build_pipeline(accelerator.unwrap_model(elbo), encoders, args), global_step)
+            if done:
+                break
+        if global_step >= args.max_train_steps:
+            break
+
+    accelerator.wait_for_everyone()
+    check_replicas_in_sync(accelerator, elbo)
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(elbo)
+        with ema_weights(ema_unet, model.unet):
+            pipeline = build_pipeline(model, encoders, args)
+            pipeline.save_pretrained(output_dir)
+        if model.posterior is not None:
+            model.posterior.save_pretrained(output_dir / "posterior")
+        if model.prior is not None:
+            model.prior.save_pretrained(output_dir / "prior")
+        save_model_card(args, output_dir, global_step)
+        logger.info(f"Saved the VDLPipeline to {output_dir}; load it with VDLPipeline.from_pretrained({str(output_dir)!r}).")
+        if args.push_to_hub:
+            push_pipeline_to_hub(output_dir, args.hub_model_id or output_dir.name, token=args.hub_token)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def build_models(args, encoders):
+    """UNet, posterior and prior: fresh, or continued from a saved UNet or VDLPipeline."""
+    embedding_dim, feature_dim = encoders.embedding_dim, encoders.feature_dim
+    source = args.pretrained_pipeline
+    if source:
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", revision=args.revision)
+    elif args.pretrained_unet:
+        unet = UNet2DConditionModel.from_pretrained(args.pretrained_unet, revision=args.revision)
+    else:
+        unet = build_unet(
+            args.unet_preset, embedding_dim, latent_channels=encoders.vae.config.latent_channels,
+            sample_size=args.resolution // encoders.vae_scale_factor,
+        )
+    if unet.config.encoder_hid_dim != embedding_dim:
+        raise ValueError(
+            f"The UNet takes {unet.config.encoder_hid_dim}-wide conditions but the CLIP embeds in {embedding_dim} dimensions: "
+            "use a UNet trained with this CLIP, or a fresh one (--unet_preset)."
+        )
+
+    posterior = None
+    if args.method == "vdl":
+        saved = Path(source or "", "posterior") if source else None
+        posterior = (
+            TextEmbeddingPosterior.from_pretrained(saved)
+            if saved is not None and saved.is_dir()
+            else TextEmbeddingPosterior(
+                embedding_dim, feature_dim, hidden_dim=args.posterior_hidden_dim, family=args.posterior_family,
+                init_concentration=args.logit_scale,
+            )
+        )
+
+    prior = None
+    if args.method in ("vdl", "prior-sample") or args.prior == "learned":
+        if args.prior == "learned" and source and Path(source, "prior").is_dir():
+            prior = LearnedPrior.from_pretrained(Path(source, "prior"))
+        else:
+            text_cone = None
+            if args.prior == "clip-gap":
+                texts = Path(args.prior_texts).read_text().splitlines() if args.prior_texts else ToyWorld(args.seed).prior_texts()
+                text_cone = estimate_text_cone(texts, encoders.tokenizer, encoders.text_encoder)
+                logger.info(f"Text cone from {len(texts)} unpaired texts: κ_T = {text_cone[1]:.1f}.")
+            prior = build_prior(args.prior, embedding_dim, logit_scale=args.logit_scale, text_cone=text_cone)
+    return unet, posterior, prior
+
+
+def toy_train_dir(accelerator, args) -> Path:
+    """The toy world's training images (no captions are read unless a method needs them), written once."""
+    folder = Path(args.cache_dir, f"toy-world-seed{args.seed}-{args.toy_train_images}")
+    if accelerator.is_main_process and not folder.is_dir():
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        write_imagefolder(ToyWorld(args.seed), partial, args.toy_train_images, split="train")
+        os.replace(partial, folder)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def find_checkpoint(resume_from_checkpoint, output_dir):
+    """The folder to resume from: 'latest' in ``output_dir`` (None if there is none yet) or a path."""
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint != "latest":
+        path = Path(resume_from_checkpoint)
+        if not (path / "training_state.json").is_file():
+            raise FileNotFoundError(f"{path} is not a complete checkpoint (no training_state.json); pass a checkpoint-N folder or 'latest'.")
+        return path
+    done = [p for p in output_dir.glob("checkpoint-*") if (p / "training_state.json").is_file()]
+    if not done:
+        logger.info(f"No checkpoint in {output_dir} yet: starting a new run.")
+        return None
+    return max(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(accelerator, output_dir, step, args):
+    """Write ``checkpoint-{step}`` under a temporary name, then rename, so a kill never leaves a broken one.
+
+    Old checkpoints beyond ``--checkpoints_total_limit`` go only after the new one is complete.
+    """
+    final, partial = output_dir / f"checkpoint-{step}", output_dir / f".checkpoint-{step}.partial"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(partial)  # every process takes part (sharded states under FSDP / DeepSpeed)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / "training_state.json").write_text(json.dumps({"global_step": step}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in checkpoints[: -args.checkpoints_total_limit] if args.checkpoints_total_limit else []:
+            shutil.rmtree(old)
+        logger.info(f"Saved {final}")
+        if args.push_to_hub and args.push_checkpoints:
+            push_pipeline_to_hub(final, args.hub_model_id or output_dir.name, token=args.hub_token, path_in_repo=final.name)
+    accelerator.wait_for_everyone()
+
+
+def stop_if_nonfinite(accelerator, first_nonfinite, output_dir):
+    step = accelerator.reduce(first_nonfinite, "max").item()
+    if step >= 0:
+        done = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        last = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint was written"
+        raise RuntimeError(
+            f"The loss became non-finite at step {step}; {last}. Lower --learning_rate, set --max_grad_norm, "
+            "or use --mixed_precision bf16 instead of fp16."
+        )
+
+
+def check_replicas_in_sync(accelerator, model):
+    """Every process must end with the same weights; a checksum per process shows they do."""
+    checksum = sum(p.detach().double().sum() for p in accelerator.unwrap_model(model).parameters())
+    checksums = accelerator.gather(checksum.reshape(1).to(accelerator.device)).tolist()
+    logger.info(f"Weight checksum per process: {checksums}")
+    if accelerator.distributed_type in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU) and len(set(checksums)) > 1:
+        raise RuntimeError(f"Processes ended with different weights (checksums {checksums}); the run is not synchronised.")
+
+
+@contextmanager
+def ema_weights(ema, unet):
+    """Within the block, ``unet`` holds the EMA weights (if there is an EMA); restored afterwards."""
+    if ema is None:
+        yield
+        return
+    ema.store(unet.parameters())
+    ema.copy_to(unet.parameters())
+    try:
+        yield
+    finally:
+        ema.restore(unet.parameters())
+
+
+def build_pipeline(model, encoders, args):
+    """A ``VDLPipeline`` around the trained UNet and the frozen CLIP and VAE."""
+    null = model.null_embedding.detach().float().cpu().tolist() if args.learn_null_embedding else None
+    return VDLPipeline(
+        vae=encoders.vae,
+        unet=model.unet,
+        scheduler=DPMSolverMultistepScheduler.from_config(model.scheduler.config),
+        tokenizer=encoders.tokenizer,
+        text_encoder=encoders.text_encoder,
+        image_encoder=encoders.image_encoder,
+        feature_extractor=encoders.feature_extractor,
+        null_embedding=null,
+    )
+
+
+@torch.no_grad()
+def log_validation(args, accelerator, pipeline, step):
+    """Sample the validation prompts; save a PNG grid (a row per prompt) and log it to the trackers."""
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator(device=accelerator.device).manual_seed(args.seed)
+    images = pipeline(
+        args.validation_prompts, num_images_per_prompt=args.num_validation_images, guidance_scale=args.guidance_scale,
+        generator=generator, output_type="pil",
+    ).images
+    grid = make_image_grid(images, rows=len(args.validation_prompts), cols=args.num_validation_images)
+    samples = Path(args.output_dir, "samples")
+    samples.mkdir(parents=True, exist_ok=True)
+    grid.save(samples / f"step-{step:06d}.png")
+    grid.save(samples / "latest.png")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("validation", np.asarray(grid), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"validation": [wandb.Image(grid, caption=" | ".join(args.validation_prompts))]}, step=step)
+
+
+if __name__ == "__main__":
+    main(parse_args())
