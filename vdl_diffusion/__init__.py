@@ -9,6 +9,16 @@ import importlib
 # Public name -> the module that defines it.
 _EXPORTS = {
     "VDLPipeline": "vdl_diffusion.pipelines",
+    "PowerSpherical": "vdl_diffusion.distributions",
+    "VonMisesFisher": "vdl_diffusion.distributions",
+    "TextEmbeddingPosterior": "vdl_diffusion.posterior",
+    "ClipPrior": "vdl_diffusion.priors",
+    "LearnedPrior": "vdl_diffusion.priors",
+    "estimate_text_cone": "vdl_diffusion.priors",
+    "condition": "vdl_diffusion.conditioning",
+    "ELBO": "vdl_diffusion.objective",
+    "build_unet": "vdl_diffusion.models",
+    "FrozenEncoders": "vdl_diffusion.encoders",
 }
 
 __all__ = sorted(_EXPORTS)
