@@ -102,7 +102,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("optimisation")
     g.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Steps to accumulate before an update.")
-    g.add_argument("--max_train_steps", type=int, default=1000, help="Total optimisation steps (wins over --num_train_epochs).")
+    g.add_argument("--max_train_steps", type=int, default=600, help="Total optimisation steps (--num_train_epochs overrides it).")
     g.add_argument("--num_train_epochs", type=int, help="Train for this many epochs instead of --max_train_steps.")
     g.add_argument("--learning_rate", type=float, default=3e-4, help="Peak learning rate.")
     g.add_argument("--scale_lr", action="store_true", help="Multiply the learning rate by processes × batch × accumulation.")
@@ -196,6 +196,7 @@ def main(args):
     set_seed(args.seed)  # the same on every process: identical initial weights and data order
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2))
 
     # Frozen encoders: CLIP (f_I, f_T) and the VAE. They run once per image to fill the cache.
     encoders = FrozenEncoders.from_pretrained(args.pretrained_clip or TOY_CLIP, args.pretrained_vae or TOY_VAE, revision=args.revision)
