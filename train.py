@@ -193,6 +193,9 @@ def main(args):
     logger.info(accelerator.state, main_process_only=False)
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
+    # No per-step argument checks in the distributions' hot path: a diverging run is caught by the
+    # non-finite loss check below, which names the step and keeps the last good checkpoint.
+    torch.distributions.Distribution.set_default_validate_args(False)
     set_seed(args.seed)  # the same on every process: identical initial weights and data order
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -252,7 +255,6 @@ def main(args):
     updates_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
     if args.num_train_epochs:
         args.max_train_steps = args.num_train_epochs * updates_per_epoch
-    num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
     lr_scheduler = get_scheduler(
         args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,

@@ -120,6 +120,15 @@ def test_a_checkpoint_left_half_written_is_not_resumed(world, tmp_path):
     assert "Resumed from" in result.stderr and "checkpoint-2 at step 2" in result.stderr
 
 
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(world, tmp_path):
+    result = launch(world, tmp_path, "--max_train_steps", "4", "--checkpointing_steps", "1", "--learning_rate", "1e30", check=False)
+    assert result.returncode != 0
+    assert "non-finite at step 2" in result.stderr and "last good checkpoint is" in result.stderr
+    assert [p.name for p in tmp_path.glob("checkpoint-*")] == ["checkpoint-1"]
+    assert torch.isfinite(torch.cat([w.flatten() for w in load_file(tmp_path / "checkpoint-1" / "model.safetensors").values()])).all()
+    assert not (tmp_path / "model_index.json").exists()  # no pipeline exported from diverged weights
+
+
 def test_a_missing_checkpoint_fails_with_a_message(world, tmp_path):
     result = launch(world, tmp_path, "--resume_from_checkpoint", str(tmp_path / "nowhere"), check=False)
     assert result.returncode != 0 and "not a complete checkpoint" in result.stderr
