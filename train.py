@@ -80,7 +80,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("models")
     g.add_argument("--pretrained_clip", help="A CLIP with projection heads (e.g. openai/clip-vit-large-patch14); default: the toy CLIP.")
     g.add_argument("--pretrained_vae", help="An AutoencoderKL (e.g. stabilityai/sd-vae-ft-mse); default: the toy VAE.")
-    g.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS), help="Size of a fresh UNet.")
+    g.add_argument("--unet_preset", default="tiny", choices=sorted(UNET_PRESETS), help="Size of a fresh UNet (tiny fits the toy world's 10-minute CPU budget).")
     g.add_argument("--pretrained_unet", help="Start from this UNet2DConditionModel instead of a fresh one.")
     g.add_argument("--pretrained_pipeline", help="Continue from a saved VDLPipeline (its UNet, posterior and prior).")
     g.add_argument("--revision", help="Hub revision of the pretrained models.")
@@ -102,9 +102,9 @@ def parse_args(argv=None):
     g = p.add_argument_group("optimisation")
     g.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Steps to accumulate before an update.")
-    g.add_argument("--max_train_steps", type=int, default=600, help="Total optimisation steps (--num_train_epochs overrides it).")
+    g.add_argument("--max_train_steps", type=int, default=2000, help="Total optimisation steps (--num_train_epochs overrides it).")
     g.add_argument("--num_train_epochs", type=int, help="Train for this many epochs instead of --max_train_steps.")
-    g.add_argument("--learning_rate", type=float, default=3e-4, help="Peak learning rate.")
+    g.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate.")
     g.add_argument("--scale_lr", action="store_true", help="Multiply the learning rate by processes × batch × accumulation.")
     g.add_argument("--lr_scheduler", default="cosine", help="constant, constant_with_warmup, linear, cosine, ...")
     g.add_argument("--lr_warmup_steps", type=int, default=100, help="Learning-rate warm-up steps.")
@@ -129,7 +129,7 @@ def parse_args(argv=None):
     g.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
     g.add_argument("--checkpoints_total_limit", type=int, help="Keep at most this many checkpoints.")
     g.add_argument("--resume_from_checkpoint", help="'latest' (in --output_dir) or a checkpoint folder.")
-    g.add_argument("--validation_prompts", nargs="*", default=["a red circle", "a blue square", "a green triangle", "a yellow star"])
+    g.add_argument("--validation_prompts", nargs="*", default=["a red circle", "a blue square", "a green triangle", "a yellow ring"])
     g.add_argument("--validation_steps", type=int, default=500, help="Sample the validation prompts every N steps.")
     g.add_argument("--num_validation_images", type=int, default=4, help="Images per validation prompt.")
     g.add_argument("--guidance_scale", type=float, default=3.0, help="Guidance for validation samples.")
@@ -487,7 +487,8 @@ def build_pipeline(model, encoders, args):
     return VDLPipeline(
         vae=encoders.vae,
         unet=model.unet,
-        scheduler=DPMSolverMultistepScheduler.from_config(model.scheduler.config),
+        # Clipping λ keeps DPM-Solver stable on the cosine schedule the UNet is trained with.
+        scheduler=DPMSolverMultistepScheduler.from_config(model.scheduler.config, lambda_min_clipped=-5.1),
         tokenizer=encoders.tokenizer,
         text_encoder=encoders.text_encoder,
         image_encoder=encoders.image_encoder,
