@@ -68,6 +68,7 @@ def generates(folder):
     [
         ("vdl", ["--random_flip", "--use_ema", "--validation_prompts", "a red circle", "--num_validation_images", "1"]),
         ("vdl", ["--prior", "clip-gap", "--posterior_family", "gaussian"]),
+        ("vdl", ["--no_cache", "--random_flip", "--caption_column", "text", "--caption_fraction", "0.25"]),
         ("vdl", ["--prior", "learned", "--caption_column", "text", "--caption_fraction", "0.5"]),
         ("lafite", []),
         ("image", []),
