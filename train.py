@@ -370,21 +370,16 @@ def build_models(args, encoders):
 
     posterior = None
     if args.method == "vdl":
-        saved = Path(source or "", "posterior") if source else None
-        posterior = (
-            TextEmbeddingPosterior.from_pretrained(saved)
-            if saved is not None and saved.is_dir()
-            else TextEmbeddingPosterior(
-                embedding_dim, feature_dim, hidden_dim=args.posterior_hidden_dim, family=args.posterior_family,
-                init_concentration=args.logit_scale,
-            )
+        posterior = saved_part(TextEmbeddingPosterior, source, "posterior", args.revision) or TextEmbeddingPosterior(
+            embedding_dim, feature_dim, hidden_dim=args.posterior_hidden_dim, family=args.posterior_family,
+            init_concentration=args.logit_scale,
         )
 
     prior = None
     if args.method in ("vdl", "prior-sample") or args.prior == "learned":
-        if args.prior == "learned" and source and Path(source, "prior").is_dir():
-            prior = LearnedPrior.from_pretrained(Path(source, "prior"))
-        else:
+        if args.prior == "learned":
+            prior = saved_part(LearnedPrior, source, "prior", args.revision)
+        if prior is None:
             text_cone = None
             if args.prior == "clip-gap":
                 texts = Path(args.prior_texts).read_text().splitlines() if args.prior_texts else ToyWorld(args.seed).prior_texts()
@@ -392,6 +387,20 @@ def build_models(args, encoders):
                 logger.info(f"Text cone from {len(texts)} unpaired texts: κ_T = {text_cone[1]:.1f}.")
             prior = build_prior(args.prior, embedding_dim, logit_scale=args.logit_scale, text_cone=text_cone)
     return unet, posterior, prior
+
+
+def saved_part(cls, source, subfolder, revision):
+    """``cls`` from ``source/subfolder`` (a folder or Hub repo written by train.py), or None if it holds none."""
+    if not source:
+        return None
+    try:
+        saved_class = cls.load_config(source, subfolder=subfolder, revision=revision).get("_class_name")
+    except OSError:
+        saved_class = None
+    if saved_class != cls.__name__:
+        logger.info(f"{source} has no {cls.__name__} in {subfolder}/ (found {saved_class}): starting a fresh one.")
+        return None
+    return cls.from_pretrained(source, subfolder=subfolder, revision=revision)
 
 
 def toy_train_dir(accelerator, args) -> Path:

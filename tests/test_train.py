@@ -130,6 +130,16 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(worl
     assert not (tmp_path / "model_index.json").exists()  # no pipeline exported from diverged weights
 
 
+def test_training_continues_from_a_saved_pipeline(world, tmp_path):
+    launch(world, tmp_path / "first", "--max_train_steps", "1")
+    result = launch(world, tmp_path / "second", "--max_train_steps", "1", "--pretrained_pipeline", str(tmp_path / "first"))
+    assert "has no TextEmbeddingPosterior" not in result.stderr
+    assert generates(tmp_path / "second")
+    fresh = launch(world, tmp_path / "third", "--max_train_steps", "1", "--pretrained_pipeline", str(tmp_path / "first"),
+                   "--method", "vdl", "--prior", "learned", "--caption_column", "text", "--caption_fraction", "0.5")  # fmt: skip
+    assert "has no LearnedPrior in prior/ (found ClipPrior)" in fresh.stderr  # the first run's prior is the clip prior
+
+
 def test_a_missing_checkpoint_fails_with_a_message(world, tmp_path):
     result = launch(world, tmp_path, "--resume_from_checkpoint", str(tmp_path / "nowhere"), check=False)
     assert result.returncode != 0 and "not a complete checkpoint" in result.stderr
