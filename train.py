@@ -314,7 +314,8 @@ def main(args):
             done = global_step >= args.max_train_steps
             if global_step % args.logging_steps == 0 or done or global_step % args.checkpointing_steps == 0:
                 stop_if_nonfinite(accelerator, first_nonfinite, output_dir)
-                logs = {k: accelerator.reduce(torch.as_tensor(v, device=accelerator.device, dtype=torch.float32), "mean").item() for k, v in logs.items()}
+                values = torch.stack([torch.as_tensor(v, device=accelerator.device, dtype=torch.float32) for v in logs.values()])
+                logs = dict(zip(logs, accelerator.reduce(values, "mean").tolist()))  # one collective, one sync
                 elapsed = time.perf_counter() - window_start
                 logs.update(lr=lr_scheduler.get_last_lr()[0], images_per_s=window_steps * total_batch_size / elapsed)
                 window_start, window_steps = time.perf_counter(), 0
