@@ -460,7 +460,7 @@ def profile_steps(step, batches, count, flops, device) -> dict:
 def build_pipeline(encoders, preset, device) -> VDLPipeline:
     torch.manual_seed(0)
     unet = build_unet(preset, encoders.embedding_dim, encoders.latent_channels).to(device).eval()
-    scheduler = DPMSolverMultistepScheduler.from_config(DDPMScheduler(beta_schedule="squaredcos_cap_v2").config)
+    scheduler = DPMSolverMultistepScheduler.from_config(DDPMScheduler(beta_schedule="squaredcos_cap_v2").config, timestep_spacing="leading")
     pipeline = VDLPipeline(
         vae=encoders.vae, unet=unet, scheduler=scheduler, tokenizer=encoders.tokenizer,
         text_encoder=encoders.text_encoder, image_encoder=encoders.image_encoder, feature_extractor=encoders.feature_extractor,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import DPMSolverMultistepScheduler
 from safetensors.torch import load_file
 
 from vdl_diffusion import VDLPipeline
@@ -79,6 +80,11 @@ def generates(folder):
 def test_every_method_trains_and_exports_a_pipeline(world, tmp_path, method, extra):
     result = launch(world, tmp_path, "--method", method, "--max_train_steps", "2", *extra)
     assert generates(tmp_path)
+    scheduler = DPMSolverMultistepScheduler.from_pretrained(tmp_path, subfolder="scheduler")
+    scheduler.set_timesteps(25)
+    # Sampling must start where ᾱ is well above 0; at t = 999 of the cosine schedule (ᾱ ≈ 2e-9) the
+    # first step blows the noise estimate's error up 20000-fold and the samples lose their condition.
+    assert scheduler.alphas_cumprod[scheduler.timesteps[0]] > 1e-3
     assert (tmp_path / "README.md").is_file() and (tmp_path / "checkpoint-2" / "training_state.json").is_file()
     assert (tmp_path / "posterior").is_dir() == (method == "vdl")
     assert f"{NUM_BROKEN} could not be decoded" in result.stderr
