@@ -2,6 +2,7 @@
 
     python examples/evaluate.py outputs/vdl-toy                          # 512 captions, seed 0
     python examples/evaluate.py outputs/vdl-toy --seeds 0 1 2 3 --output metrics.json
+    python examples/evaluate.py outputs/vdl-toy --prompt "a red circle" --num_samples 64
 
 For each seed it generates one image per evaluation caption of the toy world (the captions, their
 reference images and the sampling noise are fixed by the seed), reads the attributes off each
@@ -10,6 +11,9 @@ captions that mention it), the share of images with every mentioned attribute ri
 and for shape–colour pairs seen in training or held out of it), the Fréchet distance to the
 reference images in the oracle's feature space, and the CLIP score. Results of several seeds are
 pooled. ``--world_seed`` must be the ``--seed`` the model was trained with.
+
+With ``--prompt`` it draws that one prompt ``--num_samples`` times instead and reports, for each
+attribute the prompt names, the share of images the oracle reads as asked.
 """
 
 import argparse
@@ -23,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from vdl_diffusion import VDLPipeline
-from vdl_diffusion.evaluation import ClipScorer, evaluate_toy, pool_estimates
+from vdl_diffusion.evaluation import ClipScorer, evaluate_prompt, evaluate_toy, pool_estimates
 from vdl_diffusion.toy import TOY_CLIP, TOY_ORACLE, ToyOracle, ToyWorld
 
 
@@ -32,7 +36,8 @@ def parse_args(argv=None):
     parser.add_argument("pipeline", help="A saved VDLPipeline folder (train.py --output_dir).")
     parser.add_argument("--world_seed", type=int, default=0, help="The toy world the model was trained on (train.py --seed).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="Sampling seeds; each draws its own captions and noise.")
-    parser.add_argument("--num_samples", type=int, default=512, help="Captions (one image each) per seed.")
+    parser.add_argument("--prompt", help="Evaluate this prompt alone (e.g. 'a red circle') instead of the evaluation captions.")
+    parser.add_argument("--num_samples", type=int, default=512, help="Captions (one image each) per seed; with --prompt, images per seed.")
     parser.add_argument("--batch_size", type=int, default=64, help="Images per pipeline call.")
     parser.add_argument("--guidance_scale", type=float, default=3.0, help="Classifier-free guidance weight.")
     parser.add_argument("--num_inference_steps", type=int, default=25, help="Denoising steps.")
@@ -47,22 +52,24 @@ def evaluate(args) -> dict:
     """The pooled metrics over ``args.seeds``, as plain dicts (value, se, n) ready for JSON."""
     pipeline = VDLPipeline.from_pretrained(args.pipeline).to(args.device)
     oracle = ToyOracle.from_pretrained(args.oracle).to(args.device)
-    clip = ClipScorer.from_pretrained(args.clip, device=args.device)
-    world = ToyWorld(args.world_seed)
-    runs = [
-        evaluate_toy(
-            pipeline, world, oracle, clip, num_samples=args.num_samples, seed=seed, batch_size=args.batch_size,
-            guidance_scale=args.guidance_scale, num_inference_steps=args.num_inference_steps,
-        )
-        for seed in args.seeds
-    ]
+    sampling = dict(
+        num_samples=args.num_samples, batch_size=args.batch_size, guidance_scale=args.guidance_scale,
+        num_inference_steps=args.num_inference_steps,
+    )  # fmt: skip
+    if args.prompt is not None:
+        runs = [evaluate_prompt(pipeline, oracle, args.prompt, seed=seed, **sampling) for seed in args.seeds]
+    else:
+        clip = ClipScorer.from_pretrained(args.clip, device=args.device)
+        world = ToyWorld(args.world_seed)
+        runs = [evaluate_toy(pipeline, world, oracle, clip, seed=seed, **sampling) for seed in args.seeds]
     return {name: asdict(estimate) for name, estimate in pool_estimates(runs).items()}
 
 
 def main(argv=None):
     args = parse_args(argv)
     metrics = evaluate(args)
-    print(f"\n{args.pipeline}: {len(args.seeds)} seed(s) × {args.num_samples} captions")
+    what = f"images of {args.prompt!r}" if args.prompt is not None else "captions"
+    print(f"\n{args.pipeline}: {len(args.seeds)} seed(s) × {args.num_samples} {what}")
     for name, m in metrics.items():
         print(f"  {name:<28s} {m['value']:8.4f} ± {m['se']:.4f}   (n = {m['n']})")
     if args.output:

@@ -15,6 +15,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from vdl_diffusion.evaluation import (
     ClipScorer,
     Estimate,
+    evaluate_prompt,
     evaluate_toy,
     fid_and_clip_score,
     frechet_distance,
@@ -217,3 +218,27 @@ def test_fid_without_inception_weights_says_what_to_download(monkeypatch):
     with pytest.raises(RuntimeError, match="inception_weights=") as error:
         fid_and_clip_score(images, images, ["a", "b"])
     assert "weights-inception-2015-12-05" in str(error.value)
+
+
+def test_prompt_accuracy_reads_the_attributes_the_prompt_names(toy):
+    """Half the images of "a small red circle" are red circles, half blue ones; all are small."""
+    world, oracle, _ = toy
+
+    class HalfRight:
+        def set_progress_bar_config(self, **kwargs):
+            pass
+
+        def __call__(self, prompt, generator, output_type, height, width, **kwargs):
+            labels = world.sample_labels(len(prompt), "eval", rng=0)
+            labels.update(shape=np.zeros(len(prompt), int), size=np.zeros(len(prompt), int))
+            labels["colour"] = np.where(np.arange(len(prompt)) % 2 == 0, 0, 5)  # red, blue
+            images, _ = world.render(labels, rng=0)
+            return ImagePipelineOutput(images=torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+
+    results = evaluate_prompt(HalfRight(), oracle, "a small red circle", num_samples=24, batch_size=8)
+    assert set(results) == {"shape_accuracy", "colour_accuracy", "size_accuracy", "all_mentioned_accuracy"}
+    assert results["shape_accuracy"].value == results["size_accuracy"].value == 1.0
+    assert results["colour_accuracy"].value == results["all_mentioned_accuracy"].value == 0.5
+    assert results["colour_accuracy"].n == 24
+    with pytest.raises(ValueError, match="names no attribute"):
+        evaluate_prompt(HalfRight(), oracle, "a photo of a cat")

@@ -121,6 +121,16 @@ def test_captions_mention_exactly_the_masked_attributes_and_match_labels(batch):
             assert not _mentions(caption, others), (caption, name)
             assert _mentions(caption, words[label]) == batch.mentioned[name][i], (caption, name)
     assert len(set(batch.captions)) > len(batch) // 2  # varied templates and synonyms
+
+
+def test_read_caption_recovers_what_each_caption_names(batch):
+    for i, caption in enumerate(batch.captions):
+        expected = {a: int(batch.labels[a][i]) for a in ATTRIBUTE_NAMES if batch.mentioned[a][i]}
+        assert ToyWorld.read_caption(caption) == expected, caption
+    assert ToyWorld.read_caption("A Red Circle") == {"shape": 0, "colour": 0}
+    assert ToyWorld.read_caption("a photo of a cat") == {}
+    with pytest.raises(ValueError, match="2 colour values"):
+        ToyWorld.read_caption("a red and blue circle")
     assert np.mean([m.mean() for m in batch.mentioned.values()]) < 0.7  # partial captions
 
 

@@ -253,6 +253,36 @@ def evaluate_toy(
     return results
 
 
+def evaluate_prompt(
+    pipeline,
+    oracle: ToyOracle,
+    prompt: str,
+    num_samples: int = 64,
+    seed: int = 0,
+    batch_size: int = 64,
+    guidance_scale: float = 3.0,
+    num_inference_steps: int = 25,
+) -> dict[str, Estimate]:
+    """Does a toy-world pipeline draw ``prompt``? ``num_samples`` images, read by the oracle.
+
+    Returns ``{attribute}_accuracy`` for each attribute the prompt names (see
+    :meth:`ToyWorld.read_caption`) and ``all_mentioned_accuracy``, the share with all of them right.
+    """
+    asked = ToyWorld.read_caption(prompt)
+    if not asked:
+        raise ValueError(f"{prompt!r} names no attribute of the toy world; try e.g. 'a red circle'.")
+    size = ToyWorld.image_size
+    images = generate(
+        pipeline, [prompt] * num_samples, seed=seed, batch_size=batch_size, height=size, width=size,
+        guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
+    )  # fmt: skip
+    predicted, _ = _oracle_outputs(oracle, images, batch_size)
+    correct = {a: predicted[a] == value for a, value in asked.items()}
+    results = {f"{a}_accuracy": binomial_estimate(c) for a, c in correct.items()}
+    results["all_mentioned_accuracy"] = binomial_estimate(np.all(list(correct.values()), axis=0))
+    return results
+
+
 def _oracle_outputs(oracle: ToyOracle, images: np.ndarray, batch_size: int) -> tuple[dict[str, np.ndarray], torch.Tensor]:
     """The oracle's predicted labels and its features for uint8 images."""
     oracle.eval()

@@ -14,6 +14,7 @@ Three splits, each drawn from its own random stream so they never share an image
 """
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +160,31 @@ class ToyWorld:
         if attribute not in ATTRIBUTES:
             raise ValueError(f"attribute must be one of {ATTRIBUTE_NAMES}, got {attribute!r}")
         return list(ATTRIBUTES[attribute])
+
+    @staticmethod
+    def read_caption(caption: str) -> dict[str, int]:
+        """The attributes a caption or prompt names, with their values (label indices).
+
+        >>> ToyWorld.read_caption("a big crimson disk in the top left")
+        {'shape': 0, 'colour': 0, 'size': 1, 'position': 0}
+
+        Every word of the world belongs to one attribute value, so this inverts the captions; a
+        prompt naming two values of one attribute is ambiguous and raises.
+        """
+        text = caption.lower()
+        named = {}
+        for attribute, values in ATTRIBUTES.items():
+            found = [
+                index
+                for index, (value, synonyms) in enumerate(values.items())
+                if any(re.search(rf"\b{re.escape(word)}\b", text) for word in [value, *synonyms, *SHAPE_ADJECTIVES.get(value, [])])
+            ]
+            if len(found) > 1:
+                names = [list(values)[index] for index in found]
+                raise ValueError(f"{caption!r} names {len(found)} {attribute} values ({', '.join(names)}); name at most one.")
+            if found:
+                named[attribute] = found[0]
+        return named
 
     def describe(self, labels: dict[str, np.ndarray], index: int) -> str:
         """The complete ground truth of one image in words, e.g. 'large red circle, top left, on black'."""
