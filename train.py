@@ -38,7 +38,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, DistributedType, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
@@ -50,7 +50,7 @@ from vdl_diffusion.conditioning import METHODS
 from vdl_diffusion.data import load_image_dataset
 from vdl_diffusion.encoders import FrozenEncoders
 from vdl_diffusion.hub import push_pipeline_to_hub, save_model_card
-from vdl_diffusion.models import UNET_PRESETS, build_unet
+from vdl_diffusion.models import UNET_PRESETS, build_noise_scheduler, build_sampling_scheduler, build_unet
 from vdl_diffusion.objective import ELBO, beta_at
 from vdl_diffusion.posterior import FAMILIES, TextEmbeddingPosterior
 from vdl_diffusion.priors import PRIORS, LearnedPrior, build_prior, estimate_text_cone
@@ -224,7 +224,7 @@ def main(args):
 
     # The generator p_θ(x | t), the posterior q_φ(t | x, y) and the prior p(t | y).
     unet, posterior, prior = build_models(args, encoders)
-    noise_scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=args.prediction_type)
+    noise_scheduler = build_noise_scheduler(args.prediction_type)
     elbo = ELBO(
         unet, noise_scheduler, method=args.method, posterior=posterior, prior=prior, p_uncond=args.p_uncond,
         learn_null_embedding=args.learn_null_embedding, lafite_xi=args.lafite_xi, caption_weight=args.caption_weight,
@@ -497,9 +497,7 @@ def build_pipeline(model, encoders, args):
     return VDLPipeline(
         vae=encoders.vae,
         unet=model.unet,
-        # "leading" spacing starts sampling at t = 950, not 999: on the cosine schedule ᾱ(999) is
-        # ~1e-9, so a first step from there divides the noise estimate's error by sqrt(ᾱ) ≈ 5e-5.
-        scheduler=DPMSolverMultistepScheduler.from_config(model.scheduler.config, timestep_spacing="leading"),
+        scheduler=build_sampling_scheduler(model.scheduler),
         tokenizer=encoders.tokenizer,
         text_encoder=encoders.text_encoder,
         image_encoder=encoders.image_encoder,

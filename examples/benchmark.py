@@ -50,7 +50,6 @@ import diffusers
 import PIL.Image
 import torch
 from accelerate import Accelerator
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.training_utils import EMAModel
 from torch.utils.flop_counter import FlopCounterMode
@@ -58,7 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vdl_diffusion import VDLPipeline
 from vdl_diffusion.cache import CachedEmbeddingDataset, build_or_load_cache
 from vdl_diffusion.encoders import FrozenEncoders
-from vdl_diffusion.models import UNET_PRESETS, build_unet
+from vdl_diffusion.models import UNET_PRESETS, build_noise_scheduler, build_sampling_scheduler, build_unet
 from vdl_diffusion.objective import ELBO
 from vdl_diffusion.posterior import TextEmbeddingPosterior
 from vdl_diffusion.priors import build_prior
@@ -298,7 +297,7 @@ class TrainingStep:
         unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
         posterior = TextEmbeddingPosterior(encoders.embedding_dim, encoders.feature_dim)
         prior = build_prior("clip", encoders.embedding_dim)
-        scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2")  # as train.py
+        scheduler = build_noise_scheduler()
         self.elbo = ELBO(unet, scheduler, method="vdl", posterior=posterior, prior=prior).to(device).train()
         if channels_last:
             unet.to(memory_format=torch.channels_last)
@@ -460,7 +459,7 @@ def profile_steps(step, batches, count, flops, device) -> dict:
 def build_pipeline(encoders, preset, device) -> VDLPipeline:
     torch.manual_seed(0)
     unet = build_unet(preset, encoders.embedding_dim, encoders.latent_channels).to(device).eval()
-    scheduler = DPMSolverMultistepScheduler.from_config(DDPMScheduler(beta_schedule="squaredcos_cap_v2").config, timestep_spacing="leading")
+    scheduler = build_sampling_scheduler(build_noise_scheduler())
     pipeline = VDLPipeline(
         vae=encoders.vae, unet=unet, scheduler=scheduler, tokenizer=encoders.tokenizer,
         text_encoder=encoders.text_encoder, image_encoder=encoders.image_encoder, feature_extractor=encoders.feature_extractor,

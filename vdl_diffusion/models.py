@@ -6,7 +6,7 @@ cross-attention tokens, and is passed as ``added_cond_kwargs={"image_embeds": t}
 is custom, so a saved UNet loads with plain ``UNet2DConditionModel.from_pretrained``.
 """
 
-from diffusers import UNet2DConditionModel
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 
 # Sizes by use: tiny for tests, small for the 8×8×4 latents of the toy world, base for real data.
 UNET_PRESETS = {
@@ -60,3 +60,17 @@ def build_unet(preset: str, embedding_dim: int, latent_channels: int = 4, **over
         **overrides,
     }
     return UNet2DConditionModel(**config)
+
+
+def build_noise_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
+    """The forward process the UNet trains on: the cosine schedule (``squaredcos_cap_v2``)."""
+    return DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+
+
+def build_sampling_scheduler(noise_scheduler: DDPMScheduler) -> DPMSolverMultistepScheduler:
+    """DPM-Solver++ for a UNet trained on ``noise_scheduler``, as exported pipelines use it.
+
+    "leading" spacing starts sampling at t = 950, not 999: on the cosine schedule ᾱ(999) ≈ 2e-9, so
+    a first step from there would divide the noise estimate's error by sqrt(ᾱ) ≈ 5e-5.
+    """
+    return DPMSolverMultistepScheduler.from_config(noise_scheduler.config, timestep_spacing="leading")
