@@ -224,16 +224,7 @@ def evaluate_toy(
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2 (a Fréchet distance needs a covariance), got {num_samples}.")
     reference = world.sample(num_samples, "eval", rng=seed)
-    size = world.image_size
-    images = generate(
-        pipeline, reference.captions, seed=seed, batch_size=batch_size, height=size, width=size,
-        guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-    )
-    if images.shape != reference.images.shape:
-        raise ValueError(
-            f"The pipeline returned images of shape {images.shape[1:]}, the toy world's are {reference.images.shape[1:]}: "
-            "evaluate a pipeline trained on the toy world at its resolution (train.py --resolution 32)."
-        )
+    images = _generate_toy(pipeline, reference.captions, seed, batch_size, guidance_scale, num_inference_steps)
 
     predicted, generated_features = _oracle_outputs(oracle, images, batch_size)
     _, reference_features = _oracle_outputs(oracle, reference.images, batch_size)
@@ -271,16 +262,27 @@ def evaluate_prompt(
     asked = ToyWorld.read_caption(prompt)
     if not asked:
         raise ValueError(f"{prompt!r} names no attribute of the toy world; try e.g. 'a red circle'.")
-    size = ToyWorld.image_size
-    images = generate(
-        pipeline, [prompt] * num_samples, seed=seed, batch_size=batch_size, height=size, width=size,
-        guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-    )  # fmt: skip
+    images = _generate_toy(pipeline, [prompt] * num_samples, seed, batch_size, guidance_scale, num_inference_steps)
     predicted, _ = _oracle_outputs(oracle, images, batch_size)
     correct = {a: predicted[a] == value for a, value in asked.items()}
     results = {f"{a}_accuracy": binomial_estimate(c) for a, c in correct.items()}
     results["all_mentioned_accuracy"] = binomial_estimate(np.all(list(correct.values()), axis=0))
     return results
+
+
+def _generate_toy(pipeline, prompts, seed, batch_size, guidance_scale, num_inference_steps) -> np.ndarray:
+    """``generate`` at the toy world's resolution, refusing a pipeline that draws another size."""
+    size = ToyWorld.image_size
+    images = generate(
+        pipeline, prompts, seed=seed, batch_size=batch_size, height=size, width=size,
+        guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
+    )
+    if images.shape[1:] != (size, size, 3):
+        raise ValueError(
+            f"The pipeline returned images of shape {images.shape[1:]}, the toy world's are {(size, size, 3)}: "
+            "evaluate a pipeline trained on the toy world at its resolution (train.py --resolution 32)."
+        )
+    return images
 
 
 def _oracle_outputs(oracle: ToyOracle, images: np.ndarray, batch_size: int) -> tuple[dict[str, np.ndarray], torch.Tensor]:
