@@ -100,9 +100,9 @@ def parse_args(argv=None):
     g.add_argument("--lafite_xi", type=float, default=0.75, help="Noise level ξ of the lafite baseline.")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
+    g.add_argument("--train_batch_size", type=int, default=32, help="Batch size per process.")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Steps to accumulate before an update.")
-    g.add_argument("--max_train_steps", type=int, default=2000, help="Total optimisation steps (--num_train_epochs overrides it).")
+    g.add_argument("--max_train_steps", type=int, default=4500, help="Total optimisation steps (--num_train_epochs overrides it).")
     g.add_argument("--num_train_epochs", type=int, help="Train for this many epochs instead of --max_train_steps.")
     g.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate.")
     g.add_argument("--scale_lr", action="store_true", help="Multiply the learning rate by processes × batch × accumulation.")
@@ -114,7 +114,7 @@ def parse_args(argv=None):
     g.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW ε.")
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
     g.add_argument("--prediction_type", default="epsilon", choices=["epsilon", "v_prediction"], help="The UNet's target.")
-    g.add_argument("--snr_gamma", type=float, help="Min-SNR weighting γ (5 is the usual choice); off by default.")
+    g.add_argument("--snr_gamma", type=float, default=5.0, help="Min-SNR-γ loss weighting (Hang et al. 2023), which converges in far fewer steps; 0 turns it off.")
     g.add_argument("--noise_offset", type=float, default=0.0, help="Noise offset (0.05 is common).")
     g.add_argument("--use_ema", action="store_true", help="Keep an EMA of the UNet, used for validation and export.")
     g.add_argument("--ema_decay", type=float, default=0.999, help="Decay of the UNet's EMA (with --use_ema).")
@@ -126,11 +126,11 @@ def parse_args(argv=None):
 
     g = p.add_argument_group("checkpoints and outputs")
     g.add_argument("--output_dir", default="outputs/vdl-toy", help="Where the pipeline, checkpoints and samples go.")
-    g.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
+    g.add_argument("--checkpointing_steps", type=int, default=1000, help="Save a resumable checkpoint every N steps.")
     g.add_argument("--checkpoints_total_limit", type=int, help="Keep at most this many checkpoints.")
     g.add_argument("--resume_from_checkpoint", help="'latest' (in --output_dir) or a checkpoint folder.")
     g.add_argument("--validation_prompts", nargs="*", default=["a red circle", "a blue square", "a green triangle", "a yellow ring"], help="Prompts sampled at each validation (none: no validation).")
-    g.add_argument("--validation_steps", type=int, default=500, help="Sample the validation prompts every N steps.")
+    g.add_argument("--validation_steps", type=int, default=1000, help="Sample the validation prompts every N steps.")
     g.add_argument("--num_validation_images", type=int, default=4, help="Images per validation prompt.")
     g.add_argument("--guidance_scale", type=float, default=3.0, help="Guidance for validation samples.")
     g.add_argument("--logging_steps", type=int, default=10, help="Log (and check the loss is finite) every N steps.")
@@ -228,7 +228,7 @@ def main(args):
     elbo = ELBO(
         unet, noise_scheduler, method=args.method, posterior=posterior, prior=prior, p_uncond=args.p_uncond,
         learn_null_embedding=args.learn_null_embedding, lafite_xi=args.lafite_xi, caption_weight=args.caption_weight,
-        snr_gamma=args.snr_gamma, noise_offset=args.noise_offset,
+        snr_gamma=args.snr_gamma or None, noise_offset=args.noise_offset,
     )
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
