@@ -71,7 +71,7 @@ def generates(folder):
         ("vdl", ["--prior", "clip-gap", "--posterior_family", "gaussian"]),
         ("vdl", ["--no_cache", "--random_flip", "--caption_column", "text", "--caption_fraction", "0.25"]),
         ("vdl", ["--prior", "learned", "--caption_column", "text", "--caption_fraction", "0.5"]),
-        ("lafite", []),
+        ("lafite", ["--snr_gamma", "0"]),  # Min-SNR off
         ("image", []),
         ("prior-sample", []),
         ("supervised", ["--caption_column", "text"]),
