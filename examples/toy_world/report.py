@@ -5,7 +5,8 @@
 
 CLIP: matched image–caption cosine, modality gap ||mean image emb − mean text emb|| (normalised
 embeddings), text→image top-1 among 256 (exact image, and an image that agrees with everything the
-caption says), per-attribute zero-shot accuracy. VAE: reconstruction MSE/PSNR and the oracle's
+caption says), per-attribute zero-shot accuracy, and per attribute a linear probe on the image
+embeddings (what they carry, whatever the prompts). VAE: reconstruction MSE/PSNR and the oracle's
 accuracy on reconstructions. Oracle: accuracy per attribute on held-out world images.
 """
 
@@ -89,7 +90,23 @@ def clip_statistics(clip_dir, world: ToyWorld, n: int) -> dict[str, float]:
     for a in ATTRIBUTE_NAMES:
         classes = F.normalize(torch.stack([clip.texts(group).mean(0) for group in world.zero_shot_prompts(a)]), dim=-1)
         stats[f"zero-shot {a}"] = ((y @ classes.T).argmax(-1).numpy() == batch.labels[a]).mean()
+    # What the image embedding carries at all, prompts aside: a linear probe fit on half, tested on the rest.
+    for a in ATTRIBUTE_NAMES:
+        stats[f"linear probe on y: {a}"] = linear_probe_accuracy(y, torch.from_numpy(batch.labels[a]))
     return stats
+
+
+def linear_probe_accuracy(features: torch.Tensor, labels: torch.Tensor, steps: int = 300) -> float:
+    """Test accuracy of a softmax classifier trained on the first half of ``features`` (full batch, Adam)."""
+    half = len(labels) // 2
+    weight = torch.zeros(features.shape[1], int(labels.max()) + 1, requires_grad=True)
+    bias = torch.zeros(weight.shape[1], requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=0.05)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(10 * features[:half] @ weight + bias, labels[:half]).backward()
+        optimizer.step()
+    return ((features[half:] @ weight + bias).argmax(-1) == labels[half:]).float().mean().item()
 
 
 @torch.no_grad()
