@@ -38,6 +38,7 @@ def parse_args():
     parser.add_argument("--logit_scale", type=float, default=100.0, help="fixed temperature 1/τ (OpenAI CLIP ends at 100)")
     parser.add_argument("--width", type=int, default=96, help="hidden size of both transformers")
     parser.add_argument("--vision_layers", type=int, default=4, help="ViT depth")
+    parser.add_argument("--patch_size", type=int, default=4, help="ViT patch size (32 must be a multiple of it)")
     parser.add_argument("--text_layers", type=int, default=2, help="text transformer depth")
     parser.add_argument("--projection_dim", type=int, default=64, help="joint embedding dimension D")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -60,7 +61,7 @@ def build_clip(tokenizer, args) -> CLIPModel:
         ),
         vision_config=dict(
             image_size=32,
-            patch_size=4,
+            patch_size=args.patch_size,
             hidden_size=args.width,
             intermediate_size=2 * args.width,
             num_hidden_layers=args.vision_layers,
