@@ -116,6 +116,16 @@ def test_captions_name_exactly_the_mentioned_attributes_and_match_labels(batch):
     assert np.mean([m.mean() for m in batch.mentioned.values()]) < 0.7  # partial captions
 
 
+def test_mention_probability_overrides_only_the_attributes_it_names(world):
+    """train_clip.py's position curriculum: every caption names the position, the rest stays partial."""
+    default = world.sample(256, "clip", rng=3)
+    always = world.sample(256, "clip", rng=3, mention_probability={"position": 1.0})
+    assert always.mentioned["position"].all() and not default.mentioned["position"].all()
+    assert all(ToyWorld.read_caption(c)["position"] == p for c, p in zip(always.captions, always.labels["position"]))
+    assert np.array_equal(always.images, default.images)  # same stream, same images: only captions change
+    assert 0.2 < always.mentioned["size"].mean() < 0.5
+
+
 def test_read_caption_of_prompts():
     assert ToyWorld.read_caption("A Red Circle") == {"shape": 0, "colour": 0}
     assert ToyWorld.read_caption("something hollow against light") == {"shape": 4, "background": 2}
@@ -141,6 +151,8 @@ def test_bad_arguments_raise_clear_errors(world):
         world.sample(4, "clip", rng="seed")
     with pytest.raises(ValueError, match="attribute"):
         world.zero_shot_prompts("texture")
+    with pytest.raises(ValueError, match="names no attribute of the world: \\['texture'\\]"):
+        world.sample(4, "clip", mention_probability={"texture": 1.0})
 
 
 def test_imagefolder_export_loads_with_datasets(world, tmp_path):

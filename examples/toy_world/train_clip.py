@@ -41,6 +41,8 @@ def parse_args():
     parser.add_argument("--patch_size", type=int, default=4, help="ViT patch size (32 must be a multiple of it)")
     parser.add_argument("--text_layers", type=int, default=2, help="text transformer depth")
     parser.add_argument("--projection_dim", type=int, default=64, help="joint embedding dimension D")
+    parser.add_argument("--position_curriculum_steps", type=int, default=0,
+                        help="name the position in every caption for the first N steps (with sparse captions alone the CLIP may never learn it)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return parser.parse_args()
 
@@ -101,7 +103,8 @@ def main():
     labels = torch.arange(args.batch_size)
     progress = tqdm(range(args.steps), desc="clip")
     for step in progress:
-        batch = world.sample(args.batch_size, "clip", rng=step)
+        curriculum = {"position": 1.0} if step < args.position_curriculum_steps else None
+        batch = world.sample(args.batch_size, "clip", rng=step, mention_probability=curriculum)
         pixels = (torch.from_numpy(batch.images).permute(0, 3, 1, 2).float() / 255 - mean) / std
         tokens = tokenizer(batch.captions, padding=True, return_tensors="pt")
         logits = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=pixels).logits_per_image

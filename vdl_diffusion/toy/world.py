@@ -259,11 +259,19 @@ class ToyWorld:
             masks[idx] = alpha[..., 0] >= 0.5
         return images, masks
 
-    def caption_for(self, labels: dict[str, np.ndarray], rng=None) -> tuple[list[str], dict[str, np.ndarray]]:
-        """One partial caption per image and, per attribute, whether the caption mentions it."""
+    def caption_for(
+        self, labels: dict[str, np.ndarray], rng=None, mention_probability: dict[str, float] | None = None
+    ) -> tuple[list[str], dict[str, np.ndarray]]:
+        """One partial caption per image and, per attribute, whether the caption mentions it.
+
+        ``mention_probability`` overrides ``MENTION_PROBABILITY`` for the attributes it names.
+        """
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         n = len(labels["shape"])
-        mentioned = {a: rng.random(n) < p for a, p in MENTION_PROBABILITY.items()}
+        probability = {**MENTION_PROBABILITY, **(mention_probability or {})}
+        if unknown := set(probability) - set(ATTRIBUTE_NAMES):
+            raise ValueError(f"mention_probability names no attribute of the world: {sorted(unknown)}; use {ATTRIBUTE_NAMES}.")
+        mentioned = {a: rng.random(n) < p for a, p in probability.items()}
         # A caption always names the object by its shape or its colour.
         neither = ~(mentioned["shape"] | mentioned["colour"])
         pick_shape = rng.random(n) < 0.5
@@ -296,18 +304,18 @@ class ToyWorld:
             tail.insert(int(rng.integers(len(tail) + 1)), position)
         return PREFIXES[rng.integers(len(PREFIXES))] + " ".join([phrase] + tail)
 
-    def sample(self, n: int, split: str, rng=None) -> ToySample:
+    def sample(self, n: int, split: str, rng=None, mention_probability: dict[str, float] | None = None) -> ToySample:
         """``n`` images of ``split`` with labels, captions and mention masks.
 
         ``rng``: None or an int picks a stream of ``split`` (deterministic given the world's
-        seed); a numpy Generator is used as it is.
+        seed); a numpy Generator is used as it is. ``mention_probability``: see ``caption_for``.
         """
         if not isinstance(n, (int, np.integer)) or n < 0:
             raise ValueError(f"n must be a non-negative int, got {n!r}")
         rng = self._rng(split, rng)
         labels = self.sample_labels(n, split, rng)
         images, masks = self.render(labels, rng)
-        captions, mentioned = self.caption_for(labels, rng)
+        captions, mentioned = self.caption_for(labels, rng, mention_probability)
         return ToySample(images=images, labels=labels, captions=captions, mentioned=mentioned, masks=masks)
 
     # -- texts without images ------------------------------------------------------------------
