@@ -168,6 +168,8 @@ def check_args(parser, args):
         parser.error("Give --pretrained_unet or --pretrained_pipeline, not both.")
     if args.resolution % 8:
         parser.error(f"--resolution must be a multiple of 8, got {args.resolution}.")
+    if args.snr_gamma < 0:
+        parser.error(f"--snr_gamma must be ≥ 0 (0 turns Min-SNR weighting off), got {args.snr_gamma}.")
     if args.report_to is None:
         args.report_to = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
     if args.push_to_hub and args.hub_token and args.report_to in ("wandb", "all"):

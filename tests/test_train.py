@@ -159,6 +159,7 @@ def test_a_missing_checkpoint_fails_with_a_message(world, tmp_path):
         (["--prior", "learned", "--caption_column", "text"], "--caption_fraction > 0"),
         (["--method", "supervised", "--caption_fraction", "0.5"], "uses every caption"),
         (["--resolution", "30"], "multiple of 8"),
+        (["--snr_gamma", "-1"], "0 turns Min-SNR weighting off"),
         (["--dataset_name", "a", "--train_data_dir", "b"], "not both"),
     ],
 )
