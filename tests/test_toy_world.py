@@ -153,6 +153,8 @@ def test_bad_arguments_raise_clear_errors(world):
         world.zero_shot_prompts("texture")
     with pytest.raises(ValueError, match="names no attribute of the world: \\['texture'\\]"):
         world.sample(4, "clip", mention_probability={"texture": 1.0})
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got \{'position': 1.5\}"):
+        world.sample(4, "clip", mention_probability={"position": 1.5})
 
 
 def test_imagefolder_export_loads_with_datasets(world, tmp_path):

@@ -271,6 +271,8 @@ class ToyWorld:
         probability = {**MENTION_PROBABILITY, **(mention_probability or {})}
         if unknown := set(probability) - set(ATTRIBUTE_NAMES):
             raise ValueError(f"mention_probability names no attribute of the world: {sorted(unknown)}; use {ATTRIBUTE_NAMES}.")
+        if bad := {a: p for a, p in probability.items() if not 0 <= p <= 1}:
+            raise ValueError(f"mention probabilities must lie in [0, 1], got {bad}.")
         mentioned = {a: rng.random(n) < p for a, p in probability.items()}
         # A caption always names the object by its shape or its colour.
         neither = ~(mentioned["shape"] | mentioned["colour"])
