@@ -44,7 +44,10 @@ def parse_args():
     parser.add_argument("--position_curriculum_steps", type=int, default=0,
                         help="name the position in every caption for the first N steps (with sparse captions alone the CLIP may never learn it)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.patch_size < 1 or 32 % args.patch_size:
+        parser.error(f"--patch_size must divide the 32-pixel images (1, 2, 4, 8, 16 or 32), got {args.patch_size}.")
+    return args
 
 
 def build_clip(tokenizer, args) -> CLIPModel:
