@@ -8,7 +8,7 @@ is custom, so a saved UNet loads with plain ``UNet2DConditionModel.from_pretrain
 
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 
-# Sizes by use: tiny for tests, small for the 8×8×4 latents of the toy world, base for real data.
+# Sizes by use: tiny for the toy world (its 10-minute CPU default) and tests, small for longer toy runs, base for real data.
 UNET_PRESETS = {
     "tiny": dict(
         sample_size=8,
