@@ -408,11 +408,12 @@ def saved_part(cls, source, subfolder, revision):
 
 def toy_train_dir(accelerator, args) -> Path:
     """The toy world's training images (no captions are read unless a method needs them), written once."""
-    folder = Path(args.cache_dir, f"toy-world-seed{args.seed}-{args.toy_train_images}")
+    world = ToyWorld(args.seed)
+    folder = Path(args.cache_dir, f"toy-world-{world.fingerprint()}-{args.toy_train_images}")
     if accelerator.is_main_process and not folder.is_dir():
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        write_imagefolder(ToyWorld(args.seed), partial, args.toy_train_images, split="train")
+        write_imagefolder(world, partial, args.toy_train_images, split="train")
         os.replace(partial, folder)
     accelerator.wait_for_everyone()
     return folder

@@ -18,6 +18,7 @@ from vdl_diffusion.toy import (
     ToyWorld,
     write_imagefolder,
 )
+from vdl_diffusion.toy import world as world_module
 from vdl_diffusion.toy.world import BACKGROUND_RGB, COLOUR_RGB
 
 
@@ -40,6 +41,15 @@ def test_sampling_is_deterministic_by_seed(world):
         np.testing.assert_array_equal(a.mentioned[name], b.mentioned[name])
     assert not np.array_equal(a.images, world.sample(32, "train", rng=4).images)
     assert not np.array_equal(ToyWorld(seed=1).sample(32, "train", rng=3).images, a.images)
+
+
+def test_fingerprint_follows_what_the_world_draws(world, monkeypatch):
+    """train.py names the folder of training images by it: new captions must never meet an old folder."""
+    fingerprint = world.fingerprint()
+    assert ToyWorld(seed=0).fingerprint() == fingerprint
+    assert ToyWorld(seed=1).fingerprint() != fingerprint
+    monkeypatch.setitem(world_module.MENTION_PROBABILITY, "position", 1.0)
+    assert world.fingerprint() != fingerprint
 
 
 def test_sample_shapes_and_types(batch):

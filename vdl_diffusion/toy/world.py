@@ -13,6 +13,7 @@ Three splits, each drawn from its own random stream so they never share an image
 - ``"eval"``: evaluation captions with reference images, over all combinations, seen and unseen.
 """
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -151,6 +152,17 @@ class ToyWorld:
         shapes = np.concatenate([rng.permutation(n_shapes) for _ in range(-(-n_colours // n_shapes))])
         self.heldout = np.zeros((n_shapes, n_colours), dtype=bool)
         self.heldout[shapes[:n_colours], np.arange(n_colours)] = True
+
+    def fingerprint(self) -> str:
+        """A short hash of what this world draws: it changes with any change to images or captions.
+
+        Folders written from the world (train.py's training images) carry it in their name, so
+        a new version of the world never reads a folder the old one wrote.
+        """
+        batch = self.sample(64, "train", rng=0)
+        digest = hashlib.sha256(batch.images.tobytes())
+        digest.update("\n".join(batch.captions).encode())
+        return digest.hexdigest()[:12]
 
     # -- names ---------------------------------------------------------------------------------
 
