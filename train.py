@@ -49,6 +49,7 @@ from vdl_diffusion.cache import build_or_load_cache
 from vdl_diffusion.conditioning import METHODS
 from vdl_diffusion.data import load_image_dataset
 from vdl_diffusion.encoders import FrozenEncoders
+from vdl_diffusion.files import atomic_folder
 from vdl_diffusion.hub import push_pipeline_to_hub, save_model_card
 from vdl_diffusion.models import UNET_PRESETS, build_noise_scheduler, build_sampling_scheduler, build_unet
 from vdl_diffusion.objective import ELBO, beta_at
@@ -411,10 +412,8 @@ def toy_train_dir(accelerator, args) -> Path:
     world = ToyWorld(args.seed)
     folder = Path(args.cache_dir, f"toy-world-{world.fingerprint()}-{args.toy_train_images}")
     if accelerator.is_main_process and not folder.is_dir():
-        partial = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        write_imagefolder(world, partial, args.toy_train_images, split="train")
-        os.replace(partial, folder)
+        with atomic_folder(folder) as partial:
+            write_imagefolder(world, partial, args.toy_train_images, split="train")
     accelerator.wait_for_everyone()
     return folder
 

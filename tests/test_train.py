@@ -34,14 +34,14 @@ def world(tmp_path_factory):
     return root
 
 
-def launch(world, output_dir, *args, num_processes=1, check=True):
+def launch(world, output_dir, *args, num_processes=1, check=True, data=True):
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no",
         *(["--multi_gpu", "--main_process_port", "29517"] if num_processes > 1 else ["--cpu"]),
         str(ROOT / "train.py"),
         "--pretrained_clip", str(world / "clip"), "--pretrained_vae", str(world / "vae"),
-        "--train_data_dir", str(world / "images"), "--cache_dir", str(world / "cache"),
+        *(["--train_data_dir", str(world / "images")] if data else []), "--cache_dir", str(world / "cache"),
         "--output_dir", str(output_dir), "--unet_preset", "tiny", "--train_batch_size", "8",
         "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--validation_prompts", "--report_to", "none",
         *args,
@@ -118,6 +118,14 @@ def test_cache_is_built_once_and_renewed_when_a_setting_changes(world, tmp_path)
                   enumerate([["--cache_dir", str(tmp_path / "cache")]] * 2 + [["--cache_dir", str(tmp_path / "cache"), "--resolution", "16"]])]  # fmt: skip
     assert "Encoding" in cache_runs[0] and "Reusing" in cache_runs[1] and "Encoding" in cache_runs[2]
     assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 2
+
+
+def test_without_data_it_trains_on_the_toy_world_named_by_its_fingerprint(world, tmp_path):
+    launch(world, tmp_path / "out", "--max_train_steps", "1", "--toy_train_images", "16", "--cache_dir", str(tmp_path), data=False)
+    images = tmp_path / f"toy-world-{ToyWorld(0).fingerprint()}-16"
+    assert len(list(images.glob("*.png"))) == 16 and (images / "metadata.jsonl").is_file()
+    assert not list(tmp_path.glob(".*partial"))
+    assert generates(tmp_path / "out")
 
 
 def test_a_checkpoint_left_half_written_is_not_resumed(world, tmp_path):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
+from vdl_diffusion.files import atomic_folder
 from vdl_diffusion.tokenization import train_clip_tokenizer
 from vdl_diffusion.toy import TOY_CLIP, ToyWorld
 
@@ -120,10 +121,10 @@ def main():
         schedule.step()
         progress.set_postfix(loss=f"{loss.item():.3f}")
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.output_dir)
-    tokenizer.save_pretrained(args.output_dir)
-    processor.save_pretrained(args.output_dir)
+    with atomic_folder(args.output_dir) as folder:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        processor.save_pretrained(folder)
     print(f"saved to {args.output_dir}")
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from vdl_diffusion.files import atomic_folder
 from vdl_diffusion.toy import ATTRIBUTE_NAMES, TOY_ORACLE, ToyOracle, ToyWorld
 
 ORACLE_STREAM = 10**6  # "clip" split streams from here on feed the oracle, apart from CLIP's own steps
@@ -56,7 +57,8 @@ def main():
         optimizer.step()
         schedule.step()
         progress.set_postfix(loss=f"{loss.item():.4f}")
-    oracle.save_pretrained(args.output_dir)
+    with atomic_folder(args.output_dir) as folder:
+        oracle.save_pretrained(folder)
     print(f"saved to {args.output_dir}")
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
+from vdl_diffusion.files import atomic_folder
 from vdl_diffusion.toy import TOY_VAE, ToyWorld
 
 VAE_STREAM = 2 * 10**6  # "clip" split streams from here on feed the VAE, apart from CLIP's and the oracle's
@@ -78,7 +79,8 @@ def main():
         x = pixels_of(world.sample(1024, "clip", rng=VAE_STREAM - 1).images)
         std = vae.encode(x).latent_dist.sample().std().item()
     vae.register_to_config(scaling_factor=1.0 / std)
-    vae.save_pretrained(args.output_dir)
+    with atomic_folder(args.output_dir) as folder:
+        vae.save_pretrained(folder)
     print(f"latent std {std:.4f}, scaling_factor {1.0 / std:.4f}; saved to {args.output_dir}")
 
 
