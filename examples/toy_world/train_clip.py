@@ -8,7 +8,9 @@ text transformer, a BPE tokenizer trained on the world's words) so every ``from_
 of the toolkit is the one used with ``openai/clip-vit-*``. Its logit scale is frozen at 100, as in
 OpenAI CLIP after training; with partial captions this keeps the geometry of real CLIP: matched
 image–caption cosines far below 1 (0.37 here, 0.31 for OpenAI CLIP on COCO) and a modality gap
-between the image and text cones (1.01 here, 0.82 for OpenAI CLIP).
+between the image and text cones (1.01 here, 0.82 for OpenAI CLIP). Sparse captions name the
+position too seldom for the CLIP to find it, so for the first 400 steps every caption names it
+(``--position_curriculum_steps``). The defaults reproduce the shipped weights.
 """
 
 import argparse
