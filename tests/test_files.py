@@ -32,3 +32,13 @@ def test_first_write_creates_missing_parents(tmp_path):
     with atomic_folder(tmp_path / "a" / "b") as folder:
         (folder / "config.json").write_text("{}")
     assert (tmp_path / "a" / "b" / "config.json").read_text() == "{}"
+
+
+def test_a_file_in_the_way_is_refused_and_kept(tmp_path):
+    final = tmp_path / "weights"
+    final.write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        with atomic_folder(final):
+            pass
+    assert final.read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights"]

@@ -16,6 +16,8 @@ def atomic_folder(final: str | os.PathLike):
             model.save_pretrained(folder)
     """
     final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise NotADirectoryError(f"{final} is a file, not a folder: give a folder path (or move the file away).")
     partial, previous = final.with_name(f".{final.name}.partial"), final.with_name(f".{final.name}.previous")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
