@@ -3,6 +3,7 @@
     python examples/evaluate.py outputs/vdl-toy                          # 512 captions, seed 0
     python examples/evaluate.py outputs/vdl-toy --seeds 0 1 2 3 --output metrics.json
     python examples/evaluate.py outputs/vdl-toy --prompt "a red circle" --num_samples 64
+    python examples/evaluate.py outputs/vdl-toy --pairs --seeds 0 1             # 40 prompts × 16 × 2
 
 For each seed it generates one image per evaluation caption of the toy world (the captions, their
 reference images and the sampling noise are fixed by the seed), reads the attributes off each
@@ -13,7 +14,9 @@ reference images in the oracle's feature space, and the CLIP score. Results of s
 pooled. ``--world_seed`` must be the ``--seed`` the model was trained with.
 
 With ``--prompt`` it draws that one prompt ``--num_samples`` times instead and reports, for each
-attribute the prompt names, the share of images the oracle reads as asked.
+attribute the prompt names, the share of images the oracle reads as asked. With ``--pairs`` it
+asks for every "a {colour} {shape}" ``--num_samples`` times (16 by default) and prints, for each pair,
+the share drawn with both right, as a shape × colour table (pairs held out of training marked *).
 """
 
 import argparse
@@ -27,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from vdl_diffusion import VDLPipeline
-from vdl_diffusion.evaluation import ClipScorer, evaluate_prompt, evaluate_toy, pool_estimates
+from vdl_diffusion.evaluation import ClipScorer, evaluate_pairs, evaluate_prompt, evaluate_toy, pool_estimates
 from vdl_diffusion.toy import TOY_CLIP, TOY_ORACLE, ToyOracle, ToyWorld
 
 
@@ -36,8 +39,13 @@ def parse_args(argv=None):
     parser.add_argument("pipeline", help="A saved VDLPipeline folder (train.py --output_dir).")
     parser.add_argument("--world_seed", type=int, default=0, help="The toy world the model was trained on (train.py --seed).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="Sampling seeds; each draws its own captions and noise.")
-    parser.add_argument("--prompt", help="Evaluate this prompt alone (e.g. 'a red circle') instead of the evaluation captions.")
-    parser.add_argument("--num_samples", type=int, default=512, help="Captions (one image each) per seed; with --prompt, images per seed.")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--prompt", help="Evaluate this prompt alone (e.g. 'a red circle') instead of the evaluation captions.")
+    what.add_argument("--pairs", action="store_true", help="Evaluate every 'a {colour} {shape}' prompt instead of the evaluation captions.")
+    parser.add_argument(
+        "--num_samples", type=int,
+        help="Captions (one image each) per seed, 512 by default; with --prompt, images per seed (512); with --pairs, images per pair and seed (16).",
+    )  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=64, help="Images per pipeline call.")
     parser.add_argument("--guidance_scale", type=float, default=3.0, help="Classifier-free guidance weight.")
     parser.add_argument("--num_inference_steps", type=int, default=25, help="Denoising steps.")
@@ -45,7 +53,10 @@ def parse_args(argv=None):
     parser.add_argument("--clip", default=str(TOY_CLIP), help="The CLIP of the CLIP score (default: the toy CLIP).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", type=Path, help="Also write the metrics here as JSON.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.num_samples is None:
+        args.num_samples = 16 if args.pairs else 512
+    return args
 
 
 def evaluate(args) -> dict:
@@ -58,6 +69,8 @@ def evaluate(args) -> dict:
     )  # fmt: skip
     if args.prompt is not None:
         runs = [evaluate_prompt(pipeline, oracle, args.prompt, seed=seed, **sampling) for seed in args.seeds]
+    elif args.pairs:
+        runs = [evaluate_pairs(pipeline, ToyWorld(args.world_seed), oracle, seed=seed, **sampling) for seed in args.seeds]
     else:
         clip = ClipScorer.from_pretrained(args.clip, device=args.device)
         world = ToyWorld(args.world_seed)
@@ -65,13 +78,26 @@ def evaluate(args) -> dict:
     return {name: asdict(estimate) for name, estimate in pool_estimates(runs).items()}
 
 
+def pairs_table(metrics: dict, world: ToyWorld) -> str:
+    """The per-pair accuracies of ``--pairs`` as a shape × colour table; * marks a held-out pair."""
+    shapes, colours = world.value_names("shape"), world.value_names("colour")
+    lines = [" " * 9 + "".join(f"{c:>8s}" for c in colours)]
+    for i, s in enumerate(shapes):
+        cells = [f"{metrics[f'{c} {s}']['value']:.2f}" + ("*" if world.heldout[i, j] else " ") for j, c in enumerate(colours)]
+        lines.append(f"{s:>9s}" + "".join(f"{cell:>8s}" for cell in cells))
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     metrics = evaluate(args)
-    what = f"images of {args.prompt!r}" if args.prompt is not None else "captions"
+    what = f"images of {args.prompt!r}" if args.prompt is not None else "images of each pair" if args.pairs else "captions"
     print(f"\n{args.pipeline}: {len(args.seeds)} seed(s) × {args.num_samples} {what}")
+    if args.pairs:
+        print(pairs_table(metrics, ToyWorld(args.world_seed)))
     for name, m in metrics.items():
-        print(f"  {name:<28s} {m['value']:8.4f} ± {m['se']:.4f}   (n = {m['n']})")
+        if name.endswith("_accuracy") or not args.pairs:
+            print(f"  {name:<28s} {m['value']:8.4f} ± {m['se']:.4f}   (n = {m['n']})")
     if args.output:
         settings = {k: v for k, v in vars(args).items() if k != "output"}
         args.output.write_text(json.dumps({"settings": settings, "metrics": metrics}, indent=2))

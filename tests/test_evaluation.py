@@ -15,6 +15,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from vdl_diffusion.evaluation import (
     ClipScorer,
     Estimate,
+    evaluate_pairs,
     evaluate_prompt,
     evaluate_toy,
     fid_and_clip_score,
@@ -242,3 +243,32 @@ def test_prompt_accuracy_reads_the_attributes_the_prompt_names(toy):
     assert results["colour_accuracy"].n == 24
     with pytest.raises(ValueError, match="names no attribute"):
         evaluate_prompt(HalfRight(), oracle, "a photo of a cat")
+
+
+@needs_toy_models
+def test_pairs_accuracy_reads_each_pair_and_splits_seen_from_heldout(toy):
+    """A stand-in that draws every pair as asked, except held-out pairs, which it draws in the next colour."""
+    world, oracle, _ = toy
+    n_colours = len(world.value_names("colour"))
+
+    class DrawsSeenPairs:
+        def set_progress_bar_config(self, **kwargs):
+            pass
+
+        def __call__(self, prompt, generator, output_type, height, width, **kwargs):
+            asked = [ToyWorld.read_caption(p) for p in prompt]
+            labels = world.sample_labels(len(prompt), "eval", rng=0)
+            labels["shape"] = np.array([a["shape"] for a in asked])
+            labels["colour"] = np.array([a["colour"] for a in asked])
+            heldout = world.is_heldout(labels["shape"], labels["colour"])
+            labels["colour"] = np.where(heldout, (labels["colour"] + 1) % n_colours, labels["colour"])
+            images, _ = world.render(labels, rng=0)
+            return ImagePipelineOutput(images=torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+
+    results = evaluate_pairs(DrawsSeenPairs(), world, oracle, num_samples=2, batch_size=32)
+    assert results["seen_pairs_accuracy"].value == 1.0 and results["heldout_pairs_accuracy"].value == 0.0
+    assert results["pairs_accuracy"].n == 2 * world.heldout.size
+    assert results["pairs_accuracy"].value == pytest.approx(1 - world.heldout.mean())
+    for i, shape in enumerate(world.value_names("shape")):
+        for j, colour in enumerate(world.value_names("colour")):
+            assert results[f"{colour} {shape}"].value == (0.0 if world.heldout[i, j] else 1.0)

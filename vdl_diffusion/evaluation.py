@@ -3,7 +3,8 @@
 On the toy world (``evaluate_toy``) every evaluation caption comes with the ground truth of a
 reference image, and the world's oracle reads the attributes off a generated image, so accuracy is
 exact: an attribute counts only where the caption names it. Beside it, the Fréchet distance in the
-oracle's feature space (an offline FID) and the CLIP score with the toy CLIP. On real data
+oracle's feature space (an offline FID) and the CLIP score with the toy CLIP. ``evaluate_prompt``
+and ``evaluate_pairs`` ask for one prompt, or for every "a {colour} {shape}", many times over. On real data
 (``fid_and_clip_score``) the usual FID (Inception-v3, through torchmetrics) and CLIP score.
 
 Every number comes as an ``Estimate`` with its standard error, so two methods can be told apart.
@@ -267,6 +268,42 @@ def evaluate_prompt(
     correct = {a: predicted[a] == value for a, value in asked.items()}
     results = {f"{a}_accuracy": binomial_estimate(c) for a, c in correct.items()}
     results["all_mentioned_accuracy"] = binomial_estimate(np.all(list(correct.values()), axis=0))
+    return results
+
+
+@torch.no_grad()
+def evaluate_pairs(
+    pipeline,
+    world: ToyWorld,
+    oracle: ToyOracle,
+    num_samples: int = 16,
+    seed: int = 0,
+    batch_size: int = 64,
+    guidance_scale: float = 3.0,
+    num_inference_steps: int = 25,
+) -> dict[str, Estimate]:
+    """Every (shape, colour) pair as the prompt "a {colour} {shape}", ``num_samples`` images each.
+
+    One prompt says little (models draw some pairs well and others badly), so this asks for all
+    of them. Returns, for each pair ``"{colour} {shape}"``, the share of images with both right,
+    and ``pairs_accuracy`` over all pairs, ``seen_pairs_accuracy`` / ``heldout_pairs_accuracy`` over
+    the pairs ``world`` (the model's ``train.py --seed``) kept in / held out of training.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
+    shapes, colours = world.value_names("shape"), world.value_names("colour")
+    names = [f"{c} {s}" for s in shapes for c in colours]  # shape-major, like the labels below
+    shape = np.arange(len(shapes)).repeat(len(colours) * num_samples)
+    colour = np.tile(np.arange(len(colours)).repeat(num_samples), len(shapes))
+    prompts = [f"a {name}" for name in names for _ in range(num_samples)]
+    images = _generate_toy(pipeline, prompts, seed, batch_size, guidance_scale, num_inference_steps)
+    predicted, _ = _oracle_outputs(oracle, images, batch_size)
+    right = (predicted["shape"] == shape) & (predicted["colour"] == colour)
+    heldout = world.is_heldout(shape, colour)
+    results = {name: binomial_estimate(r) for name, r in zip(names, right.reshape(len(names), num_samples))}
+    results["pairs_accuracy"] = binomial_estimate(right)
+    results["seen_pairs_accuracy"] = binomial_estimate(right[~heldout])
+    results["heldout_pairs_accuracy"] = binomial_estimate(right[heldout])
     return results
 
 
