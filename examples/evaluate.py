@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from vdl_diffusion import VDLPipeline
-from vdl_diffusion.evaluation import ClipScorer, evaluate_pairs, evaluate_prompt, evaluate_toy, pool_estimates
+from vdl_diffusion.evaluation import ClipScorer, evaluate_pairs, evaluate_prompt, evaluate_toy, pairs_table, pool_estimates
 from vdl_diffusion.toy import TOY_CLIP, TOY_ORACLE, ToyOracle, ToyWorld
 
 
@@ -78,23 +78,13 @@ def evaluate(args) -> dict:
     return {name: asdict(estimate) for name, estimate in pool_estimates(runs).items()}
 
 
-def pairs_table(metrics: dict, world: ToyWorld) -> str:
-    """The per-pair accuracies of ``--pairs`` as a shape × colour table; * marks a held-out pair."""
-    shapes, colours = world.value_names("shape"), world.value_names("colour")
-    lines = [" " * 9 + "".join(f"{c:>8s}" for c in colours)]
-    for i, s in enumerate(shapes):
-        cells = [f"{metrics[f'{c} {s}']['value']:.2f}" + ("*" if world.heldout[i, j] else " ") for j, c in enumerate(colours)]
-        lines.append(f"{s:>9s}" + "".join(f"{cell:>8s}" for cell in cells))
-    return "\n".join(lines)
-
-
 def main(argv=None):
     args = parse_args(argv)
     metrics = evaluate(args)
     what = f"images of {args.prompt!r}" if args.prompt is not None else "images of each pair" if args.pairs else "captions"
     print(f"\n{args.pipeline}: {len(args.seeds)} seed(s) × {args.num_samples} {what}")
     if args.pairs:
-        print(pairs_table(metrics, ToyWorld(args.world_seed)))
+        print(pairs_table({name: m["value"] for name, m in metrics.items()}, ToyWorld(args.world_seed)))
     for name, m in metrics.items():
         if name.endswith("_accuracy") or not args.pairs:
             print(f"  {name:<28s} {m['value']:8.4f} ± {m['se']:.4f}   (n = {m['n']})")

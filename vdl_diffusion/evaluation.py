@@ -307,6 +307,19 @@ def evaluate_pairs(
     return results
 
 
+def pairs_table(accuracy: dict[str, float], world: ToyWorld) -> str:
+    """``evaluate_pairs``' per-pair accuracies (name -> value) as a Markdown shape × colour table.
+
+    A pair held out of ``world``'s training split is marked with *.
+    """
+    shapes, colours = world.value_names("shape"), world.value_names("colour")
+    lines = ["| | " + " | ".join(colours) + " |", "|---|" + "---:|" * len(colours)]
+    for i, shape in enumerate(shapes):
+        cells = [f"{accuracy[f'{c} {shape}']:.2f}" + ("*" if world.heldout[i, j] else "") for j, c in enumerate(colours)]
+        lines.append(f"| {shape} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _generate_toy(pipeline, prompts, seed, batch_size, guidance_scale, num_inference_steps) -> np.ndarray:
     """``generate`` at the toy world's resolution, refusing a pipeline that draws another size."""
     size = ToyWorld.image_size
