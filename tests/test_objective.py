@@ -1,11 +1,14 @@
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 
 from vdl_diffusion.conditioning import condition
-from vdl_diffusion.models import build_unet
-from vdl_diffusion.objective import ELBO, beta_at, diffusion_loss
+from vdl_diffusion.models import build_noise_scheduler, build_unet
+from vdl_diffusion.objective import ELBO, beta_at, diffusion_loss, elbo_scale
 from vdl_diffusion.posterior import TextEmbeddingPosterior
 from vdl_diffusion.priors import ClipPrior, LearnedPrior
 
@@ -134,6 +137,25 @@ def test_diffusion_loss_targets_and_min_snr(prediction_type):
     weighted = diffusion_loss(unet, scheduler, b["latents"], b["y"], snr_gamma=5.0)
     assert plain.shape == (8,)
     assert (weighted <= plain + 1e-6).all() and (weighted < plain).any()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_elbo_scale_of_a_model_that_predicts_zero(prediction_type):
+    """Predicting 0 makes every squared target error 1 per dimension (z0 ~ N(0, I)), so the scale is
+    VDM's bound weights summed over the timesteps, over the mean loss weight."""
+
+    class Zero(torch.nn.Module):
+        def forward(self, z, s, **kwargs):
+            return types.SimpleNamespace(sample=torch.zeros_like(z))
+
+    scheduler = build_noise_scheduler(prediction_type)
+    torch.manual_seed(0)
+    scale = elbo_scale(Zero(), scheduler, torch.randn(64, 4, 8, 8), torch.zeros(64, D), snr_gamma=5.0)
+    snr = compute_snr(scheduler, torch.arange(1000)).double()
+    to_z0 = 1 / snr if prediction_type == "epsilon" else 1 / (snr + 1)
+    weight = snr.clamp(max=5.0) / (snr if prediction_type == "epsilon" else snr + 1)
+    expected = (0.5 * (snr[:-1] - snr[1:]) * to_z0[1:]).sum() / weight[1:].mean()
+    assert scale == pytest.approx(expected.item(), rel=0.02)
 
 
 def test_beta_warmup_is_linear():

@@ -27,12 +27,18 @@ def diffusion_loss(
     t: torch.Tensor,
     snr_gamma: float | None = None,
     noise_offset: float = 0.0,
+    timesteps: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-sample ``E_{s,ε} w(s) ||target - net(z_s, s, t)||²`` (ε or v target, optional Min-SNR ``w``)."""
+    """Per-sample ``E_{s,ε} w(s) ||target - net(z_s, s, t)||²`` (ε or v target, optional Min-SNR ``w``).
+
+    ``timesteps`` fixes ``s`` per sample; by default it is drawn uniformly.
+    """
     noise = torch.randn_like(z0)
     if noise_offset:
         noise = noise + noise_offset * torch.randn(z0.shape[0], z0.shape[1], 1, 1, device=z0.device, dtype=z0.dtype)
-    s = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), device=z0.device)
+    s = timesteps
+    if s is None:
+        s = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), device=z0.device)
     z_s = scheduler.add_noise(z0, noise, s)
     if scheduler.config.prediction_type == "epsilon":
         target = noise
@@ -49,6 +55,30 @@ def diffusion_loss(
             weight = snr.clamp(max=snr_gamma) / (snr + 1)
         loss = loss * weight
     return loss
+
+
+@torch.no_grad()
+def elbo_scale(
+    unet: UNet2DConditionModel, scheduler: DDPMScheduler, z0: torch.Tensor, t: torch.Tensor, snr_gamma: float | None = None
+) -> float:
+    """How many times the ELBO's diffusion term exceeds ``L_diff``, both per latent dimension.
+
+    The objective weighs ``KL / n_latent`` by β against ``L_diff``; the ELBO weighs it by 1 against
+    ``-log p(z0 | t)``, bounded by VDM's discrete sum ``½ Σ_s (SNR(s-1) - SNR(s)) ||z0 - ẑ0||²`` of
+    the same errors. With ``scale`` their ratio, ``β = 1 / scale`` gives the KL its ELBO share.
+    Every timestep is visited once with the batch ``(z0, t)``.
+    """
+    steps = torch.arange(scheduler.config.num_train_timesteps, device=z0.device)
+    snr = compute_snr(scheduler, steps).double()
+    # ||z0 - ẑ0||² per unit of squared target error: 1 / SNR for ε, 1 - ᾱ = 1 / (SNR + 1) for v.
+    to_z0 = 1 / snr if scheduler.config.prediction_type == "epsilon" else 1 / (snr + 1)
+    loss, bound = 0.0, 0.0
+    for s in steps[1:]:
+        timesteps = s.expand(z0.shape[0])
+        loss += diffusion_loss(unet, scheduler, z0, t, snr_gamma, timesteps=timesteps).mean().item()
+        error = diffusion_loss(unet, scheduler, z0, t, timesteps=timesteps).mean().item()
+        bound += 0.5 * (snr[s - 1] - snr[s]).item() * to_z0[s].item() * error
+    return bound / (loss / (len(steps) - 1))
 
 
 class ELBO(nn.Module):
