@@ -1,6 +1,7 @@
 import io
 import json
 import pickle
+import shutil
 from types import SimpleNamespace
 
 import datasets
@@ -9,6 +10,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from transformers import CLIPImageProcessor
 
 from vdl_diffusion.cache import (
@@ -239,3 +241,16 @@ def test_encoders_give_unit_embeddings_from_clip_normalised_pixels(encoders):
     torch.testing.assert_close(encoders.encode_text(["a red circle", "a blue star"]).norm(dim=-1), torch.ones(2))
     assert out["features"].shape == (1, encoders.feature_dim)
     assert out["latents"].shape == (1, encoders.latent_channels, 48 // encoders.vae_scale_factor, 64 // encoders.vae_scale_factor)
+
+
+def test_each_clip_tower_loads_quietly_and_a_missing_weight_fails(model_paths, tmp_path, capfd):
+    """Each tower leaves the other's weights unused (no report of them); a weight it lacks is an error."""
+    FrozenEncoders.from_pretrained(model_paths["clip"], model_paths["vae"])
+    assert "UNEXPECTED" not in capfd.readouterr().err
+    clip_dir = tmp_path / "clip"
+    shutil.copytree(model_paths["clip"], clip_dir)
+    weights = load_file(clip_dir / "model.safetensors")
+    del weights["visual_projection.weight"]
+    save_file(weights, clip_dir / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"visual_projection\.weight.*projection heads"):
+        FrozenEncoders.from_pretrained(str(clip_dir), model_paths["vae"])

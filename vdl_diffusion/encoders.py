@@ -18,6 +18,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as transformers_logging
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ class FrozenEncoders(torch.nn.Module):
         """
         hub = dict(revision=revision, cache_dir=cache_dir)
         vae = AutoencoderKL.from_pretrained(vae_path, subfolder=vae_subfolder, **hub)
-        image_encoder = CLIPVisionModelWithProjection.from_pretrained(clip_path, **hub)
-        text_encoder = CLIPTextModelWithProjection.from_pretrained(clip_path, **hub)
+        image_encoder = _clip_tower(CLIPVisionModelWithProjection, clip_path, **hub)
+        text_encoder = _clip_tower(CLIPTextModelWithProjection, clip_path, **hub)
         tokenizer = CLIPTokenizer.from_pretrained(clip_path, **hub)
         try:
             feature_extractor = CLIPImageProcessor.from_pretrained(clip_path, **hub)
@@ -168,6 +169,26 @@ class FrozenEncoders(torch.nn.Module):
             digest.update(json.dumps(self.tokenizer.get_vocab(), sort_keys=True).encode())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
+
+
+def _clip_tower(cls, clip_path: str, **hub):
+    """One tower of a full CLIP checkpoint (``cls`` is the vision or text model with projection).
+
+    The other tower's weights are expected leftovers, so transformers' report listing them is
+    silenced; a weight of this tower missing from the checkpoint would be left random, so it fails.
+    """
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        model, info = cls.from_pretrained(clip_path, output_loading_info=True, **hub)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    if missing := sorted(info["missing_keys"]):
+        raise ValueError(
+            f"{clip_path} has no weights for {len(missing)} parameters of {cls.__name__} (e.g. {missing[0]}); "
+            "pass a CLIP with projection heads, e.g. openai/clip-vit-large-patch14."
+        )
+    return model
 
 
 def _config_dict(model: torch.nn.Module) -> dict:
