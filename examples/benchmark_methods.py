@@ -85,6 +85,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if any(not 0 <= f < 1 for f in args.caption_fractions):
         parser.error(f"--caption_fractions must lie in [0, 1), got {args.caption_fractions}.")
+    if args.pair_samples < 1:
+        parser.error(f"--pair_samples must be at least 1, got {args.pair_samples}.")
     return args
 
 
