@@ -150,7 +150,7 @@ def test_elbo_scale_of_a_model_that_predicts_zero(prediction_type):
 
     scheduler = build_noise_scheduler(prediction_type)
     torch.manual_seed(0)
-    scale = elbo_scale(Zero(), scheduler, torch.randn(64, 4, 8, 8), torch.zeros(64, D), snr_gamma=5.0)
+    scale = elbo_scale(Zero(), scheduler, torch.randn(256, 4, 8, 8), torch.zeros(256, D), snr_gamma=5.0)
     snr = compute_snr(scheduler, torch.arange(1000)).double()
     to_z0 = 1 / snr if prediction_type == "epsilon" else 1 / (snr + 1)
     weight = snr.clamp(max=5.0) / (snr if prediction_type == "epsilon" else snr + 1)

@@ -49,12 +49,14 @@ def diffusion_loss(
     prediction = unet(z_s, s, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": t.to(z_s.dtype)}).sample
     loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if snr_gamma is not None:
-        snr = compute_snr(scheduler, s)
-        weight = snr.clamp(max=snr_gamma) / snr
-        if scheduler.config.prediction_type == "v_prediction":
-            weight = snr.clamp(max=snr_gamma) / (snr + 1)
-        loss = loss * weight
+        loss = loss * min_snr_weight(scheduler, s, snr_gamma)
     return loss
+
+
+def min_snr_weight(scheduler: DDPMScheduler, timesteps: torch.Tensor, snr_gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023) for the scheduler's ε or v target."""
+    snr = compute_snr(scheduler, timesteps)
+    return snr.clamp(max=snr_gamma) / (snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr)
 
 
 @torch.no_grad()
@@ -66,19 +68,16 @@ def elbo_scale(
     The objective weighs ``KL / n_latent`` by β against ``L_diff``; the ELBO weighs it by 1 against
     ``-log p(z0 | t)``, bounded by VDM's discrete sum ``½ Σ_s (SNR(s-1) - SNR(s)) ||z0 - ẑ0||²`` of
     the same errors. With ``scale`` their ratio, ``β = 1 / scale`` gives the KL its ELBO share.
-    Every timestep is visited once with the batch ``(z0, t)``.
+    Every timestep is visited once with the batch ``(z0, t)``; both sides weigh the same errors.
     """
-    steps = torch.arange(scheduler.config.num_train_timesteps, device=z0.device)
-    snr = compute_snr(scheduler, steps).double()
+    steps = torch.arange(1, scheduler.config.num_train_timesteps, device=z0.device)
+    error = torch.stack([diffusion_loss(unet, scheduler, z0, t, timesteps=s.expand(z0.shape[0])).mean() for s in steps]).double()
+    snr = compute_snr(scheduler, torch.cat([steps[:1] - 1, steps])).double()
     # ||z0 - ẑ0||² per unit of squared target error: 1 / SNR for ε, 1 - ᾱ = 1 / (SNR + 1) for v.
-    to_z0 = 1 / snr if scheduler.config.prediction_type == "epsilon" else 1 / (snr + 1)
-    loss, bound = 0.0, 0.0
-    for s in steps[1:]:
-        timesteps = s.expand(z0.shape[0])
-        loss += diffusion_loss(unet, scheduler, z0, t, snr_gamma, timesteps=timesteps).mean().item()
-        error = diffusion_loss(unet, scheduler, z0, t, timesteps=timesteps).mean().item()
-        bound += 0.5 * (snr[s - 1] - snr[s]).item() * to_z0[s].item() * error
-    return bound / (loss / (len(steps) - 1))
+    to_z0 = 1 / snr[1:] if scheduler.config.prediction_type == "epsilon" else 1 / (snr[1:] + 1)
+    bound = (0.5 * (snr[:-1] - snr[1:]) * to_z0 * error).sum()
+    loss = (error * min_snr_weight(scheduler, steps, snr_gamma).double()).mean() if snr_gamma is not None else error.mean()
+    return (bound / loss).item()
 
 
 class ELBO(nn.Module):
