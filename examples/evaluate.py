@@ -56,6 +56,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.num_samples is None:
         args.num_samples = 16 if args.pairs else 512
+    if args.num_samples < (1 if args.pairs or args.prompt is not None else 2):
+        parser.error(f"--num_samples is too small ({args.num_samples}): at least 2 captions (a Fréchet distance needs them), or 1 image per prompt.")
     return args
 
 
