@@ -51,7 +51,7 @@ from vdl_diffusion.data import load_image_dataset
 from vdl_diffusion.encoders import FrozenEncoders
 from vdl_diffusion.files import atomic_folder
 from vdl_diffusion.hub import push_pipeline_to_hub, save_model_card
-from vdl_diffusion.models import UNET_PRESETS, build_noise_scheduler, build_sampling_scheduler, build_unet
+from vdl_diffusion.models import PRESET_LEARNING_RATES, UNET_PRESETS, build_noise_scheduler, build_sampling_scheduler, build_unet
 from vdl_diffusion.objective import ELBO, beta_at
 from vdl_diffusion.posterior import FAMILIES, TextEmbeddingPosterior
 from vdl_diffusion.priors import PRIORS, LearnedPrior, build_prior, estimate_text_cone
@@ -103,9 +103,12 @@ def parse_args(argv=None):
     g = p.add_argument_group("optimisation")
     g.add_argument("--train_batch_size", type=int, default=32, help="Batch size per process.")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Steps to accumulate before an update.")
-    g.add_argument("--max_train_steps", type=int, default=4500, help="Total optimisation steps (--num_train_epochs overrides it).")
+    g.add_argument("--max_train_steps", type=int, default=6000, help="Total optimisation steps (--num_train_epochs overrides it).")
     g.add_argument("--num_train_epochs", type=int, help="Train for this many epochs instead of --max_train_steps.")
-    g.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate.")
+    g.add_argument(
+        "--learning_rate", type=float,
+        help="Peak learning rate. Default: the --unet_preset's (tiny 4e-3, small 1e-3, base 1e-4); set it when fine-tuning a pretrained UNet.",
+    )
     g.add_argument("--scale_lr", action="store_true", help="Multiply the learning rate by processes × batch × accumulation.")
     g.add_argument("--lr_scheduler", default="cosine", help="constant, constant_with_warmup, linear, cosine, ...")
     g.add_argument("--lr_warmup_steps", type=int, default=100, help="Learning-rate warm-up steps.")
@@ -169,6 +172,8 @@ def check_args(parser, args):
         parser.error("Give --pretrained_unet or --pretrained_pipeline, not both.")
     if args.resolution % 8:
         parser.error(f"--resolution must be a multiple of 8, got {args.resolution}.")
+    if args.learning_rate is None:
+        args.learning_rate = PRESET_LEARNING_RATES[args.unet_preset]
     if args.snr_gamma < 0:
         parser.error(f"--snr_gamma must be ≥ 0 (0 turns Min-SNR weighting off), got {args.snr_gamma}.")
     if args.report_to is None:

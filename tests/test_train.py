@@ -12,6 +12,7 @@ from diffusers import DPMSolverMultistepScheduler
 from safetensors.torch import load_file
 
 from vdl_diffusion import VDLPipeline
+from vdl_diffusion.models import PRESET_LEARNING_RATES
 from vdl_diffusion.testing_utils import save_tiny_clip, save_tiny_vae
 from vdl_diffusion.toy import ToyWorld, write_imagefolder
 
@@ -179,3 +180,12 @@ def test_inconsistent_flags_fail_before_any_model_loads(capsys, args, message):
         parse_args(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_learning_rate_defaults_to_the_unet_presets():
+    sys.path.insert(0, str(ROOT))
+    from train import parse_args
+
+    assert parse_args([]).learning_rate == PRESET_LEARNING_RATES["tiny"]
+    assert parse_args(["--unet_preset", "base"]).learning_rate == PRESET_LEARNING_RATES["base"] != PRESET_LEARNING_RATES["tiny"]
+    assert parse_args(["--unet_preset", "base", "--learning_rate", "3e-5"]).learning_rate == 3e-5

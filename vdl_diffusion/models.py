@@ -42,6 +42,11 @@ UNET_PRESETS = {
     ),
 }
 
+# train.py's default peak learning rate for each preset. tiny: the best of 1e-3, 2e-3, 4e-3 and 8e-3 on
+# the toy world at its default budget (README, "Quick start"); small: not tuned; base: the default of
+# diffusers' text-to-image training scripts.
+PRESET_LEARNING_RATES = {"tiny": 4e-3, "small": 1e-3, "base": 1e-4}
+
 
 def build_unet(preset: str, embedding_dim: int, latent_channels: int = 4, **overrides) -> UNet2DConditionModel:
     """A fresh UNet from a preset, taking a ``embedding_dim``-wide condition ``t``.
