@@ -107,7 +107,8 @@ def parse_args(argv=None):
     g.add_argument("--num_train_epochs", type=int, help="Train for this many epochs instead of --max_train_steps.")
     g.add_argument(
         "--learning_rate", type=float,
-        help="Peak learning rate. Default: the --unet_preset's (tiny 4e-3, small 1e-3, base 1e-4); set it when fine-tuning a pretrained UNet.",
+        help=f"Peak learning rate. Default: the --unet_preset's ({', '.join(f'{k} {v:g}' for k, v in PRESET_LEARNING_RATES.items())}); "
+        "set it when fine-tuning a pretrained UNet.",
     )
     g.add_argument("--scale_lr", action="store_true", help="Multiply the learning rate by processes × batch × accumulation.")
     g.add_argument("--lr_scheduler", default="cosine", help="constant, constant_with_warmup, linear, cosine, ...")
@@ -174,6 +175,8 @@ def check_args(parser, args):
         parser.error(f"--resolution must be a multiple of 8, got {args.resolution}.")
     if args.learning_rate is None:
         args.learning_rate = PRESET_LEARNING_RATES[args.unet_preset]
+    if args.learning_rate <= 0:
+        parser.error(f"--learning_rate must be > 0, got {args.learning_rate}.")
     if args.snr_gamma < 0:
         parser.error(f"--snr_gamma must be ≥ 0 (0 turns Min-SNR weighting off), got {args.snr_gamma}.")
     if args.report_to is None:

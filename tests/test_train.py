@@ -169,6 +169,7 @@ def test_a_missing_checkpoint_fails_with_a_message(world, tmp_path):
         (["--method", "supervised", "--caption_fraction", "0.5"], "uses every caption"),
         (["--resolution", "30"], "multiple of 8"),
         (["--snr_gamma", "-1"], "0 turns Min-SNR weighting off"),
+        (["--learning_rate", "0"], "--learning_rate must be > 0"),
         (["--dataset_name", "a", "--train_data_dir", "b"], "not both"),
     ],
 )
