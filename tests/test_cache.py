@@ -1,7 +1,9 @@
 import io
 import json
+import logging
 import pickle
 import shutil
+import threading
 from types import SimpleNamespace
 
 import datasets
@@ -89,7 +91,43 @@ def test_cache_is_built_once_and_then_reused(accelerator, dataset, encoders, ima
     second = build(accelerator, dataset, encoders, tmp_path)
     assert len(image_calls) == 3
     assert second.folder == first.folder and len(second) == NUM_IMAGES
-    assert [path.name for path in tmp_path.iterdir()] == [first.folder.name]
+    assert [path.name for path in tmp_path.iterdir() if path.suffix != ".lock"] == [first.folder.name]
+
+
+def test_concurrent_builders_of_one_cache_take_turns_and_encode_once(
+    accelerator, dataset, encoders, image_calls, tmp_path, caplog, monkeypatch
+):
+    """A second run needing the same cache waits for the first to finish, then reads it (it once deleted it half-built)."""
+    caplog.set_level(logging.INFO, logger="vdl_diffusion.files")
+    waiting = threading.Event()
+    waits_logged = logging.Handler()
+
+    def signal(record):
+        if record.getMessage().startswith("Waiting for another process"):
+            waiting.set()
+
+    waits_logged.emit = signal
+    logging.getLogger("vdl_diffusion.files").addHandler(waits_logged)
+    results = {}
+    second = threading.Thread(target=lambda: results.update(second=build(accelerator, dataset, encoders, tmp_path)))
+    encode_images = encoders.encode_images
+
+    def encode_while_the_second_waits(pixel_values):
+        if not second.is_alive() and not waiting.is_set():  # the first batch: start the rival mid-build
+            second.start()
+            assert waiting.wait(timeout=60)
+        return encode_images(pixel_values)
+
+    monkeypatch.setattr(encoders, "encode_images", encode_while_the_second_waits)
+    try:
+        first = build(accelerator, dataset, encoders, tmp_path)
+        second.join(timeout=120)
+    finally:
+        logging.getLogger("vdl_diffusion.files").removeHandler(waits_logged)
+    assert len(image_calls) == 3  # built once: 10 images in batches of 4
+    assert results["second"].folder == first.folder and len(results["second"]) == NUM_IMAGES
+    torch.testing.assert_close(results["second"][7]["y"], first[7]["y"])
+    assert not (first.folder / f".{first.folder.name}.lock").exists()  # the lock lies beside the folder, not in it
 
 
 def test_cached_rows_equal_encoding_on_the_fly(accelerator, dataset, encoders, shared_cache_dir):
@@ -100,15 +138,17 @@ def test_cached_rows_equal_encoding_on_the_fly(accelerator, dataset, encoders, s
     expected = images.prepare_batch(batch, encoders)  # what --no_cache computes in the training loop
     cached = cache.prepare_batch(torch.utils.data.default_collate([cache[i] for i in range(NUM_IMAGES)]), encoders)
     for key in ("y", "features", "caption_embeds", "has_caption"):
-        torch.testing.assert_close(cached[key], expected[key])
+        torch.testing.assert_close(cached[key], expected[key], atol=1e-4, rtol=1e-4)  # other batch sizes: not bitwise
     assert expected["has_caption"].sum() == 3 and not cached["caption_embeds"][~cached["has_caption"]].any()
     flipped = encoders.encode_latents(batch["pixel_values"].flip(-1))
     for i in range(NUM_IMAGES):
-        assert torch.allclose(cached["latents"][i], expected["latents"][i], atol=1e-5) or torch.allclose(
-            cached["latents"][i], flipped[i], atol=1e-5
+        assert torch.allclose(cached["latents"][i], expected["latents"][i], atol=1e-3) or torch.allclose(
+            cached["latents"][i], flipped[i], atol=1e-3
         )
     captioned = int(expected["has_caption"].nonzero()[0])
-    torch.testing.assert_close(cached["caption_embeds"][captioned], encoders.encode_text([batch["caption"][captioned]])[0])
+    torch.testing.assert_close(
+        cached["caption_embeds"][captioned], encoders.encode_text([batch["caption"][captioned]])[0], atol=1e-4, rtol=1e-4
+    )
 
 
 def test_flip_is_drawn_in_the_training_step_not_when_loading(accelerator, dataset, encoders, shared_cache_dir):
@@ -118,15 +158,15 @@ def test_flip_is_drawn_in_the_training_step_not_when_loading(accelerator, datase
     state = torch.random.get_rng_state()
     row = cache[0]
     assert torch.equal(torch.random.get_rng_state(), state)  # loading draws nothing
-    torch.testing.assert_close(row["latents"], plain, atol=1e-5, rtol=0)
-    torch.testing.assert_close(row["latents_flipped"], mirrored, atol=1e-5, rtol=0)
+    torch.testing.assert_close(row["latents"], plain, atol=1e-3, rtol=0)  # plain and mirrored differ by ~0.2
+    torch.testing.assert_close(row["latents_flipped"], mirrored, atol=1e-3, rtol=0)
 
     batch = torch.utils.data.default_collate([cache[0]] * 20)
     torch.manual_seed(1)
     draws = cache.prepare_batch(batch, encoders)["latents"]
-    is_mirrored = [torch.allclose(draw, mirrored, atol=1e-5) for draw in draws]
+    is_mirrored = [torch.allclose(draw, mirrored, atol=1e-3) for draw in draws]
     assert 0 < sum(is_mirrored) < len(draws)
-    assert all(m or torch.allclose(draw, plain, atol=1e-5) for draw, m in zip(draws, is_mirrored))
+    assert all(m or torch.allclose(draw, plain, atol=1e-3) for draw, m in zip(draws, is_mirrored))
     torch.manual_seed(1)
     torch.testing.assert_close(cache.prepare_batch(batch, encoders)["latents"], draws)  # reproducible from the seed
 
@@ -209,8 +249,8 @@ def test_shards_from_several_processes_merge_into_one_dataset(accelerator, datas
     sharded = CachedEmbeddingDataset(folder)
     assert len(sharded.shards) == 3 and len(sharded) == NUM_IMAGES
     for i in range(NUM_IMAGES):
-        torch.testing.assert_close(sharded[i]["y"], single[i]["y"])
-        torch.testing.assert_close(sharded[i]["caption_embeds"], single[i]["caption_embeds"])
+        torch.testing.assert_close(sharded[i]["y"], single[i]["y"], atol=1e-4, rtol=1e-4)  # other batch sizes
+        torch.testing.assert_close(sharded[i]["caption_embeds"], single[i]["caption_embeds"], atol=1e-4, rtol=1e-4)
 
 
 def test_cached_dataset_batches_and_pickles(accelerator, dataset, encoders, shared_cache_dir):

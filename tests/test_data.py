@@ -1,5 +1,8 @@
 import io
 import json
+import logging
+import struct
+import zlib
 
 import datasets
 import numpy as np
@@ -7,14 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
+from vdl_diffusion import data
 from vdl_diffusion.data import (
     ImageDataset,
     ImageTransform,
     caption_visibility,
+    check_metadata,
     decode_image,
     drop_undecodable,
     load_image_dataset,
     to_rgb,
+    write_skipped,
 )
 
 RNG = np.random.default_rng(0)
@@ -75,7 +81,7 @@ def hf_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(image_folder, hf_cache):
-    """(dataset, num_skipped) as the trainer gets them."""
+    """(dataset, skipped) as the trainer gets them."""
     return load_image_dataset(train_data_dir=str(image_folder), caption_column="text", cache_dir=hf_cache)
 
 
@@ -98,9 +104,11 @@ def test_load_image_dataset_names_the_existing_columns(image_folder, hf_cache):
         load_image_dataset(train_data_dir=str(image_folder), image_column="img", cache_dir=hf_cache)
 
 
-def test_broken_images_are_skipped_and_counted(loaded):
-    dataset, num_skipped = loaded
-    assert num_skipped == len(broken_images())
+def test_broken_images_are_skipped_and_listed_with_their_reason(loaded, image_folder, tmp_path):
+    dataset, skipped = loaded
+    assert sorted(line.split(": ", 1)[0] for line in skipped) == sorted(str(image_folder / name) for name in broken_images())
+    assert all(len(line.split(": ", 1)[1]) > 10 for line in skipped)  # a reason follows each file
+    assert write_skipped(skipped, tmp_path).read_text().splitlines() == skipped
     assert len(dataset) == len(good_images())
     names = {cell["path"].rsplit("/", 1)[-1] for cell in dataset["image"]}
     assert names == set(good_images())
@@ -109,8 +117,8 @@ def test_broken_images_are_skipped_and_counted(loaded):
 
 
 def test_max_train_samples_counts_before_skipping(image_folder, hf_cache):
-    dataset, num_skipped = load_image_dataset(train_data_dir=str(image_folder), max_train_samples=5, cache_dir=hf_cache)
-    assert len(dataset) + num_skipped == 5
+    dataset, skipped = load_image_dataset(train_data_dir=str(image_folder), max_train_samples=5, cache_dir=hf_cache)
+    assert len(dataset) + len(skipped) == 5
 
 
 def test_drop_undecodable_rejects_a_column_without_images(dataset):
@@ -122,6 +130,75 @@ def test_a_reloaded_dataset_keeps_its_fingerprint(image_folder, hf_cache, datase
     # The embedding cache is keyed by this fingerprint: a random one would rebuild it every run.
     again, _ = load_image_dataset(train_data_dir=str(image_folder), caption_column="text", cache_dir=hf_cache)
     assert again._fingerprint == dataset._fingerprint
+
+
+def test_skipped_images_are_named_in_the_log(image_folder, hf_cache, caplog):
+    with caplog.at_level(logging.WARNING):
+        _, skipped = load_image_dataset(train_data_dir=str(image_folder), caption_column="text", cache_dir=hf_cache)
+    assert f"{len(skipped)} of {len(good_images()) + len(broken_images())} images cannot be decoded" in caplog.text
+    assert skipped[0] in caplog.text
+
+
+def write_folder(folder, images, metadata_lines):
+    for name in images:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(png_bytes(noise(8, 8)))
+    (folder / "metadata.jsonl").write_text("".join(line + "\n" for line in metadata_lines))
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ('{"file_name": "b.png", "text": "unterminated}', "is not valid JSON"),
+        ('{"text": "no file"}', "names no image file"),
+        ('["b.png"]', "names no image file"),
+    ],
+)
+def test_a_bad_metadata_line_is_named_by_file_and_line(tmp_path, hf_cache, line, problem):
+    write_folder(tmp_path, ["a.png", "b.png"], ['{"file_name": "a.png", "text": "fine"}', "", line])
+    with pytest.raises(ValueError, match=rf"metadata\.jsonl, line 3, {problem}.*\{{\"file_name\": \"0001\.png\""):
+        load_image_dataset(train_data_dir=str(tmp_path), cache_dir=hf_cache)
+
+
+def test_images_missing_from_the_metadata_are_reported(tmp_path, hf_cache, caplog):
+    images = ["a.png", "b.png", "sub/c.png", "sub/d.png", ".hidden/e.png"]
+    write_folder(tmp_path, images, ['{"file_name": "a.png", "text": "x"}', '{"file_name": "./sub/c.png", "text": "y"}'])
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert check_metadata(tmp_path) == [str(tmp_path / "b.png"), str(tmp_path / "sub" / "d.png")]
+    assert check_metadata(tmp_path / "sub") == []  # no metadata file covers it from there: nothing is left out
+    with caplog.at_level(logging.WARNING):
+        dataset, _ = load_image_dataset(train_data_dir=str(tmp_path), caption_column="text", cache_dir=hf_cache)
+    assert sorted(dataset["text"]) == ["x", "y"]
+    assert "2 images in" in caplog.text and "b.png" in caplog.text and "not in any metadata.jsonl" in caplog.text
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 1×1 PNG whose header claims ``width``×``height``: only a decoder that trusts the header sees a big image."""
+    content = bytearray(png_bytes(Image.new("L", (1, 1))))
+    content[16:24] = struct.pack(">II", width, height)
+    content[29:33] = struct.pack(">I", zlib.crc32(content[12:29]))
+    return bytes(content)
+
+
+def test_oversized_and_missing_images_are_skipped_with_their_reason(monkeypatch):
+    cells = [{"bytes": png_claiming(12000, 12000), "path": None}, {"bytes": png_bytes(noise(8, 8)), "path": None}, None]
+    table = datasets.Dataset.from_dict({"image": cells}, features=datasets.Features({"image": datasets.Image(decode=False)}))
+    kept, skipped = drop_undecodable(table)
+    assert len(kept) == 1 and decode_image(kept[0]["image"]).size == (8, 8)
+    assert skipped[0].startswith("row 0: DecompressionBombError: 12000x12000 pixels is more than")
+    assert "MAX_IMAGE_PIXELS" in skipped[0]
+    assert skipped[1] == "row 2: the row has no image"
+    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 8 * 8 - 1)
+    assert decode_image(cells[1]) is None
+
+
+def test_float_and_32_bit_images_are_scaled_by_their_own_range():
+    floats = png_bytes(Image.fromarray(np.array([[0.0, 0.25, 1.0, np.nan]], dtype=np.float32)), "TIFF")
+    integers = png_bytes(Image.fromarray(np.array([[0, 1000, 4095]], dtype=np.int32)), "TIFF")  # 12-bit data
+    assert Image.open(io.BytesIO(floats)).mode == "F" and Image.open(io.BytesIO(integers)).mode == "I"
+    assert list(decode_image({"bytes": floats, "path": None}).getdata()) == [(v, v, v) for v in (0, 64, 255, 0)]
+    assert list(decode_image({"bytes": integers, "path": None}).getdata()) == [(v, v, v) for v in (0, 62, 255)]
+    assert list(to_rgb(Image.new("F", (2, 1), 7.5)).getdata()) == [(0, 0, 0)] * 2  # a constant image has no range
 
 
 def test_to_rgb_composites_transparency_on_white_and_scales_16_bit():

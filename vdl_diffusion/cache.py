@@ -10,12 +10,15 @@ Layout of a cache folder: one ``shard-<process>.safetensors`` per process that e
 each with the global ``index`` of its rows, and ``metadata.json``, written last, which marks the
 cache complete. Every file is written under a temporary name and moved into place with
 ``os.replace``; a folder without a matching ``metadata.json`` (a killed run) is deleted and rebuilt.
+The main process holds a lock on the folder (`vdl_diffusion.files.locked`) while it checks and
+builds, so a second run needing the same cache waits, then reads it, instead of deleting it half-built.
 """
 
 import hashlib
 import json
 import os
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset, ImageTransform
 from .encoders import FrozenEncoders
+from .files import locked
 
 logger = get_logger(__name__)
 
@@ -76,26 +80,29 @@ def build_or_load_cache(
         seed=seed,
     )
     folder = Path(cache_dir) / hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    # The main process decides, so all processes take the same branch even on a lagging shared filesystem.
-    complete = broadcast_object_list([accelerator.is_main_process and is_complete(folder, settings)])[0]
-    if complete:
-        logger.info(f"Reusing the embedding cache {folder}.")
-    else:
-        logger.info(f"Encoding {len(dataset)} images into the embedding cache {folder}.")
-        if accelerator.is_main_process:
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        transform = ImageTransform(resolution, center_crop)  # no flip: both orientations are encoded
-        images = ImageDataset(dataset, transform, image_column, caption_column, caption_fraction, seed)
-        # A private RNG for random crops: building a cache leaves the training run's randomness as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + accelerator.process_index)
-            _encode_shard(accelerator, images, encoders, folder, random_flip, batch_size, num_workers)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            _write_metadata(folder, settings)
-        accelerator.wait_for_everyone()
+    # Only the main process locks: the others follow it through the broadcast and the barriers. They wait
+    # there while it waits for another run, so that run must finish within the process group's timeout.
+    with locked(folder) if accelerator.is_main_process else nullcontext():
+        # The main process decides, so all processes take the same branch even on a lagging shared filesystem.
+        complete = broadcast_object_list([accelerator.is_main_process and is_complete(folder, settings)])[0]
+        if complete:
+            logger.info(f"Reusing the embedding cache {folder}.")
+        else:
+            logger.info(f"Encoding {len(dataset)} images into the embedding cache {folder}.")
+            if accelerator.is_main_process:
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+            accelerator.wait_for_everyone()
+            transform = ImageTransform(resolution, center_crop)  # no flip: both orientations are encoded
+            images = ImageDataset(dataset, transform, image_column, caption_column, caption_fraction, seed)
+            # A private RNG for random crops: building a cache leaves the training run's randomness as it was.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + accelerator.process_index)
+                _encode_shard(accelerator, images, encoders, folder, random_flip, batch_size, num_workers)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                _write_metadata(folder, settings)
+            accelerator.wait_for_everyone()
     return CachedEmbeddingDataset(folder)
 
 

@@ -1,24 +1,37 @@
 """Training images: loading with `datasets`, robust decoding, the image transform, caption visibility.
 
 Images are read with ``datasets.Image(decode=False)`` and decoded here with PIL, so one broken
-file in a web-scale folder is dropped and counted instead of crashing a dataloader worker hours
+file in a web-scale folder is dropped and listed instead of crashing a dataloader worker hours
 into a run. The transform is plain PIL/numpy/torch: torchvision is optional in this project (the
 PyPI wheel does not import beside every torch build), and a second code path would be a second
 source of subtly different pixels.
 """
 
 import io
+import json
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
 from accelerate import PartialState
+from accelerate.logging import get_logger
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image, ImageOps
 
-# Pillow opens 16-bit grayscale files in these modes; 257 maps 65535 onto 255.
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+logger = get_logger(__name__)
+
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# Larger images are skipped, judged from the file header before any pixel is decoded: one would
+# cost 200+ MB per decode (twice: the check, then the encoding), only to be shrunk to `resolution`.
+# 64 megapixels is above nearly every camera photo and below PIL's decompression-bomb warning.
+MAX_IMAGE_PIXELS = 8192 * 8192
+SKIPPED_IMAGES = "skipped_images.txt"
+# Metadata keys that name image files, as the imagefolder builder reads them.
+FILE_NAME_KEY = re.compile(r"(.+_)?file_names?")
 
 
 def load_image_dataset(
@@ -29,14 +42,15 @@ def load_image_dataset(
     caption_column: str | None = None,
     max_train_samples: int | None = None,
     cache_dir: str | None = None,
-) -> tuple[datasets.Dataset, int]:
-    """The "train" split of a Hub dataset or of a local image folder, and how many images were dropped.
+) -> tuple[datasets.Dataset, list[str]]:
+    """The "train" split of a Hub dataset or of a local image folder, and the images dropped from it.
 
     A local folder is read with the ``imagefolder`` builder (a ``metadata.jsonl`` beside the
-    images supplies caption columns). Images that cannot be decoded are dropped and counted
-    (`drop_undecodable`); the rest come back undecoded, as ``{"bytes", "path"}`` dicts for
-    `decode_image`. Call it on every process: the main process loads and filters first, the
-    others then read its cached result.
+    images supplies caption columns; `check_metadata` vets it first). Images that cannot be
+    decoded are dropped and listed, one ``"<file or row>: <reason>"`` line each
+    (`drop_undecodable`, `write_skipped`); the rest come back undecoded, as ``{"bytes", "path"}``
+    dicts for `decode_image`. Call it on every process: the main process loads and filters
+    first, the others then read its cached result.
     """
     if (dataset_name is None) == (train_data_dir is None):
         raise ValueError(
@@ -49,6 +63,12 @@ def load_image_dataset(
         if dataset_name is not None:
             dataset = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split="train")
         else:
+            unlisted = check_metadata(train_data_dir)
+            if unlisted:
+                logger.warning(
+                    f"{len(unlisted)} images in {train_data_dir} are not in any metadata.jsonl and are left out, "
+                    f"e.g. {', '.join(unlisted[:3])}; add a line for each to train on them."
+                )
             dataset = datasets.load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir, split="train")
         for argument, column in (("image_column", image_column), ("caption_column", caption_column)):
             if column is not None and column not in dataset.column_names:
@@ -57,27 +77,100 @@ def load_image_dataset(
                 )
         if max_train_samples is not None:
             dataset = dataset.select(range(min(max_train_samples, len(dataset))))
-        return drop_undecodable(dataset.cast_column(image_column, datasets.Image(decode=False)), image_column)
+        dataset, skipped = drop_undecodable(dataset.cast_column(image_column, datasets.Image(decode=False)), image_column)
+        if skipped:
+            logger.warning(
+                f"{len(skipped)} of {len(dataset) + len(skipped)} images cannot be decoded and are skipped, "
+                f"e.g. {'; '.join(skipped[:3])}."
+            )
+        return dataset, skipped
+
+
+def check_metadata(folder: str | os.PathLike) -> list[str]:
+    """Vets every ``metadata.jsonl`` under ``folder`` line by line; returns the images it covers that no line lists.
+
+    A malformed line would otherwise surface as a pyarrow error naming neither file nor line, and
+    the imagefolder builder silently leaves out the images that no metadata line names. Like the
+    builder, it ignores hidden files and folders.
+    """
+    covered, images, listed = set(), [], set()
+    # Top-down, so a folder is covered by a metadata file in it or in a folder above it.
+    for root, folders, files in os.walk(os.path.normpath(folder)):
+        folders[:] = sorted(name for name in folders if not name.startswith((".", "__")))
+        if "metadata.jsonl" in files:
+            metadata = os.path.join(root, "metadata.jsonl")
+            with open(metadata, "rb") as lines:
+                for number, line in enumerate(lines, start=1):
+                    if line.strip():
+                        listed.update(os.path.join(root, name) for name in _listed_files(metadata, number, line))
+        elif os.path.dirname(root) not in covered:
+            continue
+        covered.add(root)
+        images += [
+            os.path.join(root, name)
+            for name in sorted(files)
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in ImageFolder.EXTENSIONS
+        ]
+    return [image for image in images if image not in listed]
+
+
+def _listed_files(metadata: str, number: int, line: bytes) -> list[str]:
+    """The image paths that line ``number`` of ``metadata`` names, normalised; a clear error if it names none."""
+    example = '{"file_name": "0001.png", "text": "a caption"}'
+    try:
+        row = json.loads(line)
+    except ValueError as error:
+        raise ValueError(
+            f"{metadata}, line {number}, is not valid JSON ({error}). Each line must be one JSON object such as "
+            f"{example}; fix or delete that line."
+        ) from None
+    names = [value for key, value in row.items() if FILE_NAME_KEY.fullmatch(key)] if isinstance(row, dict) else []
+    files = [file for name in names for file in (name if isinstance(name, list) else [name])]
+    if not files or not all(isinstance(file, str) for file in files):
+        raise ValueError(
+            f"{metadata}, line {number}, names no image file: each line must be a JSON object such as {example}, "
+            f"its file_name relative to the metadata file's folder; got {line.decode(errors='replace').strip()[:200]}"
+        )
+    return [os.path.normpath(file) for file in files]
 
 
 def decode_image(value: dict[str, Any]) -> Image.Image | None:
-    """An RGB image from a ``{"bytes", "path"}`` cell, or None when the file cannot be decoded.
+    """An RGB image from a ``{"bytes", "path"}`` cell, or None when the file cannot be decoded."""
+    return _decode(value)[0]
 
-    ``load()`` decodes every pixel, so a truncated file fails here rather than in a worker.
+
+def _decode(value: dict[str, Any]) -> tuple[Image.Image | None, str | None]:
+    """The RGB image and None, or None and why the cell cannot be decoded.
+
+    The size comes from the header (`Image.open` is lazy), so an oversized image is refused before
+    any pixel is decoded; ``load()`` then decodes every pixel, so a truncated file fails here
+    rather than in a worker.
     """
     try:
         image = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(
+                f"{image.width}x{image.height} pixels is more than vdl_diffusion.data.MAX_IMAGE_PIXELS = "
+                f"{MAX_IMAGE_PIXELS}; downscale the file (or raise that limit)"
+            )
         image.load()
-        return to_rgb(ImageOps.exif_transpose(image))
-    except DECODE_ERRORS:
-        return None
+        return to_rgb(ImageOps.exif_transpose(image)), None
+    except DECODE_ERRORS as error:
+        return None, " ".join(f"{type(error).__name__}: {error}".split())
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB from any mode: 16-bit scaled (not clipped) to 8 bits, transparency composited on white."""
-    if image.mode in SIXTEEN_BIT_MODES:
-        gray = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(gray, 0, 255).round().astype(np.uint8), mode="L")
+    """RGB from any mode: transparency composited on white, and gray levels beyond 8 bits scaled, not clipped.
+
+    16-bit modes (``I;16*``) are scaled by their type's range, 0..65535 onto 0..255, which keeps
+    the file's exposure. Modes ``I`` (32-bit integers, e.g. 12-bit sensor data) and ``F`` (floats,
+    0..1 or any unit) have no range their files agree on, so each image's own minimum..maximum
+    maps onto 0..255 (a constant image is black; NaN and infinities are black too).
+    """
+    if image.mode.startswith("I;16"):
+        image = _gray(np.asarray(image, dtype=np.float64) / 257.0)
+    elif image.mode in ("I", "F"):
+        image = _gray(_stretch(np.asarray(image, dtype=np.float64)))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -85,21 +178,60 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _gray(levels: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(levels, 0, 255).round().astype(np.uint8), mode="L")
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """The finite values' minimum..maximum onto 0..255; the rest onto 0."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros_like(values)
+    low, high = values[finite].min(), values[finite].max()
+    return (np.where(finite, values, low) - low) * (255.0 / (high - low) if high > low else 0.0)
+
+
 def drop_undecodable(
     dataset: datasets.Dataset, image_column: str = "image", num_proc: int | None = None
-) -> tuple[datasets.Dataset, int]:
-    """The dataset without images that cannot be decoded, and how many were dropped.
+) -> tuple[datasets.Dataset, list[str]]:
+    """The dataset without images that cannot be decoded, and a ``"<file or row>: <reason>"`` line per dropped one.
 
-    ``Dataset.filter`` caches its result by fingerprint, so later runs do not decode twice.
+    ``Dataset.map`` caches the reasons by fingerprint, so later runs do not decode twice.
     """
-    kept = dataset.filter(_is_decodable, input_columns=image_column, num_proc=num_proc, desc="Checking images")
-    if len(kept) == 0:
-        raise ValueError(f"None of the {len(dataset)} entries of column {image_column!r} is a decodable image; check `image_column`.")
-    return kept, len(dataset) - len(kept)
+    reasons = list(dataset.map(
+        _skip_reason,
+        input_columns=image_column,
+        with_indices=True,
+        remove_columns=dataset.column_names,
+        features=datasets.Features({"skipped": datasets.Value("string")}),
+        num_proc=num_proc,
+        desc="Checking images",
+    )["skipped"])
+    skipped = [reason for reason in reasons if reason is not None]
+    if len(skipped) == len(dataset):
+        first = f" The first: {skipped[0]}." if skipped else ""
+        raise ValueError(
+            f"None of the {len(dataset)} entries of column {image_column!r} is a decodable image; check `image_column`.{first}"
+        )
+    if not skipped:
+        return dataset, []
+    return dataset.select([index for index, reason in enumerate(reasons) if reason is None]), skipped
 
 
-def _is_decodable(value: dict[str, Any]) -> bool:
-    return decode_image(value) is not None
+def _skip_reason(value: dict[str, Any] | None, index: int) -> dict[str, str | None]:
+    """Why the image of row ``index`` cannot be decoded, naming its file (or row), or None when it can."""
+    reason = _decode(value)[1] if value else "the row has no image"
+    return {"skipped": None if reason is None else f"{(value or {}).get('path') or f'row {index}'}: {reason}"}
+
+
+def write_skipped(skipped: list[str], output_dir: str | os.PathLike) -> Path:
+    """Writes the images `load_image_dataset` skipped, one per line, to ``output_dir/skipped_images.txt``.
+
+    The file is written even when nothing was skipped, so a run's folder records that the check ran.
+    """
+    path = Path(output_dir) / SKIPPED_IMAGES
+    path.write_text("".join(f"{line}\n" for line in skipped))
+    return path
 
 
 class ImageTransform:
