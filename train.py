@@ -46,10 +46,11 @@ from tqdm.auto import tqdm
 
 from vdl_diffusion import VDLPipeline
 from vdl_diffusion.cache import build_or_load_cache
+from vdl_diffusion.checkpoints import find_checkpoint, is_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from vdl_diffusion.conditioning import METHODS
-from vdl_diffusion.data import load_image_dataset
+from vdl_diffusion.data import load_image_dataset, write_skipped
 from vdl_diffusion.encoders import FrozenEncoders
-from vdl_diffusion.files import atomic_folder
+from vdl_diffusion.files import atomic_folder, locked, publish_entries
 from vdl_diffusion.hub import push_pipeline_to_hub, save_model_card
 from vdl_diffusion.models import PRESET_LEARNING_RATES, UNET_PRESETS, build_noise_scheduler, build_sampling_scheduler, build_unet
 from vdl_diffusion.objective import ELBO, beta_at
@@ -60,23 +61,46 @@ from vdl_diffusion.toy import TOY_CLIP, TOY_VAE, ToyWorld, write_imagefolder
 logger = get_logger(__name__)
 
 
+def _number(kind, accept, requirement: str):
+    """An argparse ``type`` for finite numbers meeting ``requirement``: argparse then names the flag in the error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+        if not (math.isfinite(value) and accept(value)):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "> 0")
+non_negative_int = _number(int, lambda v: v >= 0, "≥ 0")
+positive_float = _number(float, lambda v: v > 0, "> 0")
+non_negative_float = _number(float, lambda v: v >= 0, "≥ 0")
+probability = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
+unit_interval = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data (default: the toy world's training images, without captions)")
     g.add_argument("--dataset_name", help="A Hugging Face Hub dataset of images.")
-    g.add_argument("--toy_train_images", type=int, default=20000, help="Size of the toy world's training split (the default data).")
+    g.add_argument("--toy_train_images", type=positive_int, default=20000, help="Size of the toy world's training split (the default data).")
     g.add_argument("--dataset_config_name", help="The dataset's configuration, if it has several.")
     g.add_argument("--train_data_dir", help="A local image folder (datasets' imagefolder layout).")
     g.add_argument("--image_column", default="image", help="Column holding the images.")
     g.add_argument("--caption_column", help="Column holding captions; only for --method supervised or --caption_fraction > 0.")
-    g.add_argument("--caption_fraction", type=float, default=0.0, help="Share of images whose caption training may see (semi-supervised).")
-    g.add_argument("--resolution", type=int, default=32, help="Training images are resized and cropped to this size.")
+    g.add_argument("--caption_fraction", type=unit_interval, default=0.0, help="Share of images whose caption training may see (semi-supervised).")
+    g.add_argument("--resolution", type=positive_int, default=32, help="Training images are resized and cropped to this size.")
     g.add_argument("--center_crop", action="store_true", help="Center-crop instead of random-crop.")
     g.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random.")
-    g.add_argument("--max_train_samples", type=int, help="Use only the first N images (debugging, quick runs).")
+    g.add_argument("--max_train_samples", type=positive_int, help="Use only the first N images (debugging, quick runs).")
     g.add_argument("--cache_dir", default="cache", help="Where encoded latents and CLIP embeddings are cached.")
     g.add_argument("--no_cache", action="store_true", help="Run the frozen encoders in every step (streaming data too large to cache).")
-    g.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loader worker processes.")
+    g.add_argument("--dataloader_num_workers", type=non_negative_int, default=0, help="Data loader worker processes.")
 
     g = p.add_argument_group("models")
     g.add_argument("--pretrained_clip", help="A CLIP with projection heads (e.g. openai/clip-vit-large-patch14); default: the toy CLIP.")
@@ -90,39 +114,39 @@ def parse_args(argv=None):
     g.add_argument("--method", default="vdl", choices=METHODS, help="What conditions the UNet in training.")
     g.add_argument("--prior", default="clip", choices=PRIORS, help="The prior p(t | y).")
     g.add_argument("--prior_texts", help="A text file of unpaired texts, one a line, for the clip-gap prior (default: the toy world's).")
-    g.add_argument("--logit_scale", type=float, default=100.0, help="CLIP's logit scale s, the clip prior's concentration.")
+    g.add_argument("--logit_scale", type=positive_float, default=100.0, help="CLIP's logit scale s, the clip prior's concentration.")
     g.add_argument("--posterior_family", default="power_spherical", choices=FAMILIES, help="The posterior's family.")
-    g.add_argument("--posterior_hidden_dim", type=int, default=512, help="Width of the posterior MLP.")
-    g.add_argument("--beta", type=float, default=1.0, help="Weight of the KL term.")
-    g.add_argument("--beta_warmup_steps", type=int, default=0, help="Linear warm-up of beta from 0 over this many steps.")
-    g.add_argument("--caption_weight", type=float, default=1.0, help="λ on -log q(t* | x, y) for captioned images.")
-    g.add_argument("--p_uncond", type=float, default=0.1, help="Probability of the null condition (classifier-free guidance).")
+    g.add_argument("--posterior_hidden_dim", type=positive_int, default=512, help="Width of the posterior MLP.")
+    g.add_argument("--beta", type=non_negative_float, default=1.0, help="Weight of the KL term.")
+    g.add_argument("--beta_warmup_steps", type=non_negative_int, default=0, help="Linear warm-up of beta from 0 over this many steps.")
+    g.add_argument("--caption_weight", type=non_negative_float, default=1.0, help="λ on -log q(t* | x, y) for captioned images.")
+    g.add_argument("--p_uncond", type=probability, default=0.1, help="Probability of the null condition (classifier-free guidance).")
     g.add_argument("--learn_null_embedding", action="store_true", help="Learn the null embedding instead of zeros.")
-    g.add_argument("--lafite_xi", type=float, default=0.75, help="Noise level ξ of the lafite baseline.")
+    g.add_argument("--lafite_xi", type=unit_interval, default=0.75, help="Noise level ξ of the lafite baseline.")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--train_batch_size", type=int, default=32, help="Batch size per process.")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Steps to accumulate before an update.")
-    g.add_argument("--max_train_steps", type=int, default=6000, help="Total optimisation steps (--num_train_epochs overrides it).")
-    g.add_argument("--num_train_epochs", type=int, help="Train for this many epochs instead of --max_train_steps.")
+    g.add_argument("--train_batch_size", type=positive_int, default=32, help="Batch size per process.")
+    g.add_argument("--gradient_accumulation_steps", type=positive_int, default=1, help="Steps to accumulate before an update.")
+    g.add_argument("--max_train_steps", type=positive_int, default=6000, help="Total optimisation steps (--num_train_epochs overrides it).")
+    g.add_argument("--num_train_epochs", type=positive_int, help="Train for this many epochs instead of --max_train_steps.")
     g.add_argument(
-        "--learning_rate", type=float,
+        "--learning_rate", type=positive_float,
         help=f"Peak learning rate. Default: the --unet_preset's ({', '.join(f'{k} {v:g}' for k, v in PRESET_LEARNING_RATES.items())}); "
         "set it when fine-tuning a pretrained UNet.",
     )
     g.add_argument("--scale_lr", action="store_true", help="Multiply the learning rate by processes × batch × accumulation.")
     g.add_argument("--lr_scheduler", default="cosine", help="constant, constant_with_warmup, linear, cosine, ...")
-    g.add_argument("--lr_warmup_steps", type=int, default=100, help="Learning-rate warm-up steps.")
-    g.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW β1.")
-    g.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW β2.")
-    g.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay.")
-    g.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW ε.")
-    g.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
+    g.add_argument("--lr_warmup_steps", type=non_negative_int, default=100, help="Learning-rate warm-up steps.")
+    g.add_argument("--adam_beta1", type=probability, default=0.9, help="AdamW β1.")
+    g.add_argument("--adam_beta2", type=probability, default=0.999, help="AdamW β2.")
+    g.add_argument("--adam_weight_decay", type=non_negative_float, default=1e-2, help="AdamW weight decay.")
+    g.add_argument("--adam_epsilon", type=positive_float, default=1e-8, help="AdamW ε.")
+    g.add_argument("--max_grad_norm", type=positive_float, default=1.0, help="Gradient clipping norm.")
     g.add_argument("--prediction_type", default="epsilon", choices=["epsilon", "v_prediction"], help="The UNet's target.")
-    g.add_argument("--snr_gamma", type=float, default=5.0, help="Min-SNR-γ loss weighting (Hang et al. 2023), which converges in far fewer steps; 0 turns it off.")
-    g.add_argument("--noise_offset", type=float, default=0.0, help="Noise offset (0.05 is common).")
+    g.add_argument("--snr_gamma", type=non_negative_float, default=5.0, help="Min-SNR-γ loss weighting (Hang et al. 2023), which converges in far fewer steps; 0 turns it off.")
+    g.add_argument("--noise_offset", type=non_negative_float, default=0.0, help="Noise offset (0.05 is common).")
     g.add_argument("--use_ema", action="store_true", help="Keep an EMA of the UNet, used for validation and export.")
-    g.add_argument("--ema_decay", type=float, default=0.999, help="Decay of the UNet's EMA (with --use_ema).")
+    g.add_argument("--ema_decay", type=probability, default=0.999, help="Decay of the UNet's EMA (with --use_ema).")
     g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="Overrides the accelerate config.")
     g.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for memory in the UNet.")
     g.add_argument("--enable_xformers_memory_efficient_attention", action="store_true", help="xformers attention (pip install vdl-diffusion[xformers]).")
@@ -131,14 +155,14 @@ def parse_args(argv=None):
 
     g = p.add_argument_group("checkpoints and outputs")
     g.add_argument("--output_dir", default="outputs/vdl-toy", help="Where the pipeline, checkpoints and samples go.")
-    g.add_argument("--checkpointing_steps", type=int, default=1000, help="Save a resumable checkpoint every N steps.")
-    g.add_argument("--checkpoints_total_limit", type=int, help="Keep at most this many checkpoints.")
+    g.add_argument("--checkpointing_steps", type=positive_int, default=1000, help="Save a resumable checkpoint every N steps.")
+    g.add_argument("--checkpoints_total_limit", type=positive_int, help="Keep at most this many checkpoints.")
     g.add_argument("--resume_from_checkpoint", help="'latest' (in --output_dir) or a checkpoint folder.")
     g.add_argument("--validation_prompts", nargs="*", default=["a red circle", "a blue square", "a green triangle", "a yellow ring"], help="Prompts sampled at each validation (none: no validation).")
-    g.add_argument("--validation_steps", type=int, default=1000, help="Sample the validation prompts every N steps.")
-    g.add_argument("--num_validation_images", type=int, default=4, help="Images per validation prompt.")
-    g.add_argument("--guidance_scale", type=float, default=3.0, help="Guidance for validation samples.")
-    g.add_argument("--logging_steps", type=int, default=10, help="Log (and check the loss is finite) every N steps.")
+    g.add_argument("--validation_steps", type=positive_int, default=1000, help="Sample the validation prompts every N steps.")
+    g.add_argument("--num_validation_images", type=positive_int, default=4, help="Images per validation prompt.")
+    g.add_argument("--guidance_scale", type=non_negative_float, default=3.0, help="Guidance for validation samples.")
+    g.add_argument("--logging_steps", type=positive_int, default=10, help="Log (and check the loss is finite) every N steps.")
     g.add_argument("--report_to", help="tensorboard, wandb, all or none (default: tensorboard if installed, else none).")
     g.add_argument("--logging_dir", default="logs", help="Tracker logs, under --output_dir.")
     g.add_argument("--push_to_hub", action="store_true", help="Upload the final pipeline and a model card.")
@@ -165,24 +189,40 @@ def check_args(parser, args):
         if args.caption_fraction not in (0, 1):
             parser.error("--method supervised uses every caption: leave --caption_fraction at 0 or set it to 1.")
         args.caption_fraction = 1.0
-    if not 0 <= args.caption_fraction <= 1:
-        parser.error(f"--caption_fraction must be in [0, 1], got {args.caption_fraction}.")
     if args.prior == "learned" and args.method != "supervised" and args.caption_fraction == 0:
         parser.error("--prior learned is fitted on captioned images: set --caption_fraction > 0.")
     if args.pretrained_unet and args.pretrained_pipeline:
         parser.error("Give --pretrained_unet or --pretrained_pipeline, not both.")
     if args.resolution % 8:
         parser.error(f"--resolution must be a multiple of 8, got {args.resolution}.")
+    if args.mixed_precision == "fp16" and not torch.accelerator.is_available():
+        parser.error("--mixed_precision fp16 needs a GPU; on the CPU use bf16 or no.")
+    for flag in ("pretrained_clip", "pretrained_vae", "pretrained_unet", "pretrained_pipeline"):
+        name = getattr(args, flag)
+        if name and not Path(name).exists() and _looks_like_a_path(name):
+            parser.error(f"--{flag} {name}: no such folder (a Hub model is named like 'openai/clip-vit-large-patch14').")
+    for flag in ("train_data_dir", "prior_texts"):
+        if getattr(args, flag) and not Path(getattr(args, flag)).exists():
+            parser.error(f"--{flag} {getattr(args, flag)}: no such file or folder.")
+    if args.resume_from_checkpoint not in (None, "latest") and not is_checkpoint(Path(args.resume_from_checkpoint)):
+        parser.error(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a complete checkpoint (no training_state.json): "
+                     "pass a checkpoint-N folder or 'latest'.")  # fmt: skip
     if args.learning_rate is None:
         args.learning_rate = PRESET_LEARNING_RATES[args.unet_preset]
-    if args.learning_rate <= 0:
-        parser.error(f"--learning_rate must be > 0, got {args.learning_rate}.")
-    if args.snr_gamma < 0:
-        parser.error(f"--snr_gamma must be ≥ 0 (0 turns Min-SNR weighting off), got {args.snr_gamma}.")
     if args.report_to is None:
         args.report_to = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
     if args.push_to_hub and args.hub_token and args.report_to in ("wandb", "all"):
         parser.error("--hub_token with --report_to wandb would expose the token: log in with `hf auth login` instead.")
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A Hub id is ``name`` or ``org/name``; anything else given to a model flag was meant as a folder."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def public_args(args) -> dict:
+    """The run's flags as written to ``training_args.json`` and the trackers: never the Hub token."""
+    return {key: value for key, value in vars(args).items() if key != "hub_token"}
 
 
 def main(args):
@@ -210,14 +250,14 @@ def main(args):
     set_seed(args.seed)  # the same on every process: identical initial weights and data order
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2))
+        (output_dir / "training_args.json").write_text(json.dumps(public_args(args), indent=2))
 
     # Frozen encoders: CLIP (f_I, f_T) and the VAE. They run once per image to fill the cache.
     encoders = FrozenEncoders.from_pretrained(args.pretrained_clip or TOY_CLIP, args.pretrained_vae or TOY_VAE, revision=args.revision)
     encoders.to(accelerator.device)
 
     # Data: images (and captions only where the method may see them), encoded once into the cache.
-    dataset, num_skipped = load_image_dataset(
+    dataset, skipped = load_image_dataset(
         dataset_name=args.dataset_name,
         dataset_config_name=args.dataset_config_name,
         train_data_dir=args.train_data_dir or (None if args.dataset_name else toy_train_dir(accelerator, args)),
@@ -225,7 +265,9 @@ def main(args):
         caption_column=args.caption_column,
         max_train_samples=args.max_train_samples,
     )
-    logger.info(f"{len(dataset)} training images; {num_skipped} could not be decoded and are skipped.")
+    logger.info(f"{len(dataset)} training images; {len(skipped)} could not be decoded and are skipped.")
+    if accelerator.is_main_process:
+        write_skipped(skipped, output_dir)
     train_dataset = build_or_load_cache(
         accelerator, dataset, encoders, args.cache_dir, resolution=args.resolution, image_column=args.image_column,
         center_crop=args.center_crop, random_flip=args.random_flip, caption_column=args.caption_column,
@@ -275,16 +317,20 @@ def main(args):
     num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
     if ema_unet is not None:
         ema_unet.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema_unet)
     if accelerator.is_main_process:
-        accelerator.init_trackers("vdl-diffusion", config={k: str(v) if isinstance(v, list) else v for k, v in vars(args).items()})
+        accelerator.init_trackers("vdl-diffusion", config={k: str(v) if isinstance(v, list) else v for k, v in public_args(args).items()})
     set_seed(args.seed, device_specific=True)  # from here on, each process draws its own noise
 
     global_step, first_epoch, skip_batches = 0, 0, 0
     checkpoint = find_checkpoint(args.resume_from_checkpoint, output_dir)
     if checkpoint is not None:
-        accelerator.load_state(checkpoint)
-        global_step = json.loads((checkpoint / "training_state.json").read_text())["global_step"]
+        state = load_checkpoint(accelerator, checkpoint, ema_unet)
+        global_step = state["global_step"]
+        if state.get("max_train_steps", args.max_train_steps) != args.max_train_steps and args.lr_scheduler != "constant":
+            logger.warning(
+                f"{checkpoint} was trained towards {state['max_train_steps']} steps, this run towards {args.max_train_steps}: "
+                f"the {args.lr_scheduler} schedule's horizon moves, so the result is not that of a straight run."
+            )
         first_epoch = global_step // updates_per_epoch
         skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
         logger.info(f"Resumed from {checkpoint} at step {global_step}.")
@@ -298,6 +344,8 @@ def main(args):
     first_nonfinite = torch.tensor(-1, device=accelerator.device)
     window_start, window_steps = time.perf_counter(), 0
     for epoch in range(first_epoch, num_epochs):
+        if global_step >= args.max_train_steps:  # resumed from the final checkpoint: only the export is left
+            break
         elbo.train()
         train_dataloader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(train_dataloader, skip_batches) if epoch == first_epoch else train_dataloader
@@ -333,32 +381,45 @@ def main(args):
                 progress.set_postfix({k: f"{logs[k]:.4g}" for k in ("loss", "kl", "cos_t_y", "images_per_s") if k in logs})
                 accelerator.log(logs, step=global_step)
             if global_step % args.checkpointing_steps == 0 or done:
-                save_checkpoint(accelerator, output_dir, global_step, args)
+                state = {"global_step": global_step, "max_train_steps": args.max_train_steps}
+                saved = save_checkpoint(accelerator, output_dir, state, ema_unet, args.checkpoints_total_limit)
+                if args.push_to_hub and args.push_checkpoints and accelerator.is_main_process:
+                    push_pipeline_to_hub(saved, args.hub_model_id or output_dir.name, token=args.hub_token, path_in_repo=saved.name)
             if args.validation_prompts and (global_step % args.validation_steps == 0 or done) and accelerator.is_main_process:
                 with ema_weights(ema_unet, accelerator.unwrap_model(elbo).unet):
                     log_validation(args, accelerator, build_pipeline(accelerator.unwrap_model(elbo), encoders, args), global_step)
             if done:
                 break
-        if global_step >= args.max_train_steps:
-            break
 
     accelerator.wait_for_everyone()
     check_replicas_in_sync(accelerator, elbo)
     if accelerator.is_main_process:
-        model = accelerator.unwrap_model(elbo)
-        with ema_weights(ema_unet, model.unet):
-            pipeline = build_pipeline(model, encoders, args)
-            pipeline.save_pretrained(output_dir)
-        if model.posterior is not None:
-            model.posterior.save_pretrained(output_dir / "posterior")
-        if model.prior is not None:
-            model.prior.save_pretrained(output_dir / "prior")
-        save_model_card(args, output_dir, global_step)
+        export_pipeline(accelerator.unwrap_model(elbo), ema_unet, encoders, args, global_step)
         logger.info(f"Saved the VDLPipeline to {output_dir}; load it with VDLPipeline.from_pretrained({str(output_dir)!r}).")
         if args.push_to_hub:
             push_pipeline_to_hub(output_dir, args.hub_model_id or output_dir.name, token=args.hub_token)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def export_pipeline(model, ema_unet, encoders, args, step):
+    """The VDLPipeline with ``posterior/``, ``prior/`` and a model card in --output_dir.
+
+    Assembled in a hidden folder and moved in with ``model_index.json`` last: a kill or a full disk
+    leaves the previous export or none that loads, never a mix of the two.
+    """
+    output_dir = Path(args.output_dir)
+    partial = output_dir / ".pipeline.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    with ema_weights(ema_unet, model.unet):
+        build_pipeline(model, encoders, args).save_pretrained(partial)
+    for name, part in (("posterior", model.posterior), ("prior", model.prior)):
+        if part is not None:
+            part.save_pretrained(partial / name)
+    save_model_card(args, output_dir, step, folder=partial)
+    previous = output_dir / "model_index.json"
+    stale = [k for k in json.loads(previous.read_text()) if not k.startswith("_")] if previous.is_file() else []
+    publish_entries(partial, output_dir, "model_index.json", stale=[*stale, "posterior", "prior", "README.md"])
 
 
 def build_models(args, encoders):
@@ -416,61 +477,25 @@ def saved_part(cls, source, subfolder, revision):
 
 
 def toy_train_dir(accelerator, args) -> Path:
-    """The toy world's training images (no captions are read unless a method needs them), written once."""
+    """The toy world's training images (no captions are read unless a method needs them), written once.
+
+    The lock makes a second run that needs the same folder wait for the first one's, not rewrite it.
+    """
     world = ToyWorld(args.seed)
     folder = Path(args.cache_dir, f"toy-world-{world.fingerprint()}-{args.toy_train_images}")
-    if accelerator.is_main_process and not folder.is_dir():
-        with atomic_folder(folder) as partial:
-            write_imagefolder(world, partial, args.toy_train_images, split="train")
+    if accelerator.is_main_process:
+        with locked(folder):
+            if not folder.is_dir():
+                with atomic_folder(folder) as partial:
+                    write_imagefolder(world, partial, args.toy_train_images, split="train")
     accelerator.wait_for_everyone()
     return folder
-
-
-def find_checkpoint(resume_from_checkpoint, output_dir):
-    """The folder to resume from: 'latest' in ``output_dir`` (None if there is none yet) or a path."""
-    if not resume_from_checkpoint:
-        return None
-    if resume_from_checkpoint != "latest":
-        path = Path(resume_from_checkpoint)
-        if not (path / "training_state.json").is_file():
-            raise FileNotFoundError(f"{path} is not a complete checkpoint (no training_state.json); pass a checkpoint-N folder or 'latest'.")
-        return path
-    done = [p for p in output_dir.glob("checkpoint-*") if (p / "training_state.json").is_file()]
-    if not done:
-        logger.info(f"No checkpoint in {output_dir} yet: starting a new run.")
-        return None
-    return max(done, key=lambda p: int(p.name.split("-")[1]))
-
-
-def save_checkpoint(accelerator, output_dir, step, args):
-    """Write ``checkpoint-{step}`` under a temporary name, then rename, so a kill never leaves a broken one.
-
-    Old checkpoints beyond ``--checkpoints_total_limit`` go only after the new one is complete.
-    """
-    final, partial = output_dir / f"checkpoint-{step}", output_dir / f".checkpoint-{step}.partial"
-    if accelerator.is_main_process and partial.exists():
-        shutil.rmtree(partial)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(partial)  # every process takes part (sharded states under FSDP / DeepSpeed)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (partial / "training_state.json").write_text(json.dumps({"global_step": step}))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in checkpoints[: -args.checkpoints_total_limit] if args.checkpoints_total_limit else []:
-            shutil.rmtree(old)
-        logger.info(f"Saved {final}")
-        if args.push_to_hub and args.push_checkpoints:
-            push_pipeline_to_hub(final, args.hub_model_id or output_dir.name, token=args.hub_token, path_in_repo=final.name)
-    accelerator.wait_for_everyone()
 
 
 def stop_if_nonfinite(accelerator, first_nonfinite, output_dir):
     step = accelerator.reduce(first_nonfinite, "max").item()
     if step >= 0:
-        done = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        done = list_checkpoints(output_dir)
         last = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint was written"
         raise RuntimeError(
             f"The loss became non-finite at step {step}; {last}. Lower --learning_rate, set --max_grad_norm, "

@@ -1,7 +1,9 @@
 """train.py end to end: the real ``accelerate launch train.py`` in a subprocess, on tiny models."""
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,17 +95,55 @@ def test_every_method_trains_and_exports_a_pipeline(world, tmp_path, method, ext
         assert (tmp_path / "samples" / "latest.png").is_file()
 
 
-def test_resume_continues_exactly(world, tmp_path):
-    """2N steps in one run equal N steps, then a resume for N more (mid-epoch, across an epoch end)."""
-    common = ["--random_flip", "--use_ema", "--checkpointing_steps", "4", "--seed", "3"]
-    launch(world, tmp_path / "straight", "--max_train_steps", "8", *common)
-    launch(world, tmp_path / "resumed", "--max_train_steps", "4", *common)
-    result = launch(world, tmp_path / "resumed", "--max_train_steps", "8", "--resume_from_checkpoint", "latest", *common)
-    assert "Resumed from" in result.stderr and "at step 4" in result.stderr
+def test_an_interrupted_run_resumed_with_the_same_command_ends_as_a_straight_run(world, tmp_path):
+    """Killed after step 5 of 8 (mid-epoch, past the warm-up of a cosine schedule), then resumed: same weights.
+
+    No file of the project is unpickled: the EMA is safetensors + JSON, Accelerate's own states load
+    with ``weights_only=True``.
+    """
+    common = ["--max_train_steps", "8", "--random_flip", "--use_ema", "--checkpointing_steps", "5", "--seed", "3",
+              "--lr_scheduler", "cosine", "--lr_warmup_steps", "2"]  # fmt: skip
+    launch(world, tmp_path / "straight", *common)
+    checkpoint = tmp_path / "straight" / "checkpoint-5"
+    assert (checkpoint / "ema_unet.safetensors").is_file() and not list(checkpoint.glob("custom_checkpoint*"))
+    shutil.copytree(checkpoint, tmp_path / "resumed" / "checkpoint-5")
+    result = launch(world, tmp_path / "resumed", *common, "--resume_from_checkpoint", "latest")
+    assert "Resumed from" in result.stderr and "at step 5" in result.stderr
     for name in ("unet", "posterior"):
         straight, resumed = weights(tmp_path / "straight", name), weights(tmp_path / "resumed", name)
         for key in straight:
-            torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=f"{name}.{key}")
+            assert torch.equal(resumed[key], straight[key]), f"{name}.{key}"  # same ops, same threads: bitwise
+
+
+class _RunsCode:
+    """Unpickling this creates the file ``path``: proof that a pickle was loaded with code execution."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_resuming_a_finished_run_trains_no_step_and_never_unpickles(world, tmp_path):
+    launch(world, tmp_path, "--max_train_steps", "2", "--use_ema", "--hub_token", "hf_SECRET_token_123")
+    exported = weights(tmp_path)
+    result = launch(world, tmp_path, "--max_train_steps", "2", "--use_ema", "--resume_from_checkpoint", "latest")
+    assert "at step 2" in result.stderr and not (tmp_path / "checkpoint-3").exists()
+    assert all(torch.equal(exported[k], v) for k, v in weights(tmp_path).items())
+    # A pickle planted in the checkpoint is refused, never loaded (Accelerate would load it with weights_only=False).
+    pwned, planted = tmp_path / "pwned", tmp_path / "checkpoint-2" / "custom_checkpoint_0.pkl"
+    torch.save(_RunsCode(pwned), planted)
+    result = launch(world, tmp_path, "--max_train_steps", "2", "--use_ema", "--resume_from_checkpoint", "latest", check=False)
+    assert result.returncode != 0 and "are never loaded" in result.stderr and not pwned.exists()
+    # A forged random-state file is refused too (Accelerate loads it with weights_only=True), never run.
+    planted.unlink()
+    torch.save(_RunsCode(pwned), tmp_path / "checkpoint-2" / "random_states_0.pkl")
+    result = launch(world, tmp_path, "--max_train_steps", "2", "--use_ema", "--resume_from_checkpoint", "latest", check=False)
+    assert result.returncode != 0 and "would not be exact" in result.stderr and not pwned.exists()
+    # The Hub token is in no file of the run (training_args.json, the model card, tracker logs, checkpoints).
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and b"hf_SECRET_token_123" in p.read_bytes()]
+    assert not leaks and "hub_token" not in json.loads((tmp_path / "training_args.json").read_text())
 
 
 def test_two_processes_end_with_identical_weights(world, tmp_path):
@@ -155,11 +195,6 @@ def test_training_continues_from_a_saved_pipeline(world, tmp_path):
     assert "has no LearnedPrior in prior/ (found ClipPrior)" in fresh.stderr  # the first run's prior is the clip prior
 
 
-def test_a_missing_checkpoint_fails_with_a_message(world, tmp_path):
-    result = launch(world, tmp_path, "--resume_from_checkpoint", str(tmp_path / "nowhere"), check=False)
-    assert result.returncode != 0 and "not a complete checkpoint" in result.stderr
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -168,10 +203,33 @@ def test_a_missing_checkpoint_fails_with_a_message(world, tmp_path):
         (["--prior", "learned", "--caption_column", "text"], "--caption_fraction > 0"),
         (["--method", "supervised", "--caption_fraction", "0.5"], "uses every caption"),
         (["--resolution", "30"], "multiple of 8"),
-        (["--snr_gamma", "-1"], "0 turns Min-SNR weighting off"),
-        (["--learning_rate", "0"], "--learning_rate must be > 0"),
+        (["--snr_gamma", "-1"], "argument --snr_gamma: must be ≥ 0"),
+        (["--learning_rate", "0"], "argument --learning_rate: must be > 0"),
+        (["--learning_rate", "nan"], "argument --learning_rate: must be > 0, got nan"),
         (["--dataset_name", "a", "--train_data_dir", "b"], "not both"),
-    ],
+        (["--max_train_steps", "0"], "argument --max_train_steps: must be > 0"),
+        (["--num_train_epochs", "-1"], "argument --num_train_epochs: must be > 0"),
+        (["--checkpoints_total_limit", "-1"], "argument --checkpoints_total_limit: must be > 0"),
+        (["--checkpointing_steps", "0"], "argument --checkpointing_steps: must be > 0"),
+        (["--logging_steps", "0"], "argument --logging_steps: must be > 0"),
+        (["--validation_steps", "0"], "argument --validation_steps: must be > 0"),
+        (["--gradient_accumulation_steps", "0"], "argument --gradient_accumulation_steps: must be > 0"),
+        (["--train_batch_size", "0"], "argument --train_batch_size: must be > 0"),
+        (["--train_batch_size", "2.5"], "argument --train_batch_size: expected a whole number"),
+        (["--resolution", "0"], "argument --resolution: must be > 0"),
+        (["--resolution", "-8"], "argument --resolution: must be > 0"),
+        (["--lr_warmup_steps", "-10"], "argument --lr_warmup_steps: must be ≥ 0"),
+        (["--beta", "-1"], "argument --beta: must be ≥ 0"),
+        (["--ema_decay", "2"], "argument --ema_decay: must be in [0, 1)"),
+        (["--p_uncond", "1"], "argument --p_uncond: must be in [0, 1)"),
+        (["--caption_fraction", "1.5"], "argument --caption_fraction: must be in [0, 1]"),
+        (["--toy_train_images", "0"], "argument --toy_train_images: must be > 0"),
+        (["--pretrained_clip", "./no/such/clip"], "--pretrained_clip ./no/such/clip: no such folder"),
+        (["--pretrained_vae", "/no/such/vae"], "--pretrained_vae /no/such/vae: no such folder"),
+        (["--train_data_dir", "/no/such/images"], "--train_data_dir /no/such/images: no such file or folder"),
+        (["--resume_from_checkpoint", "/no/such/checkpoint-3"], "is not a complete checkpoint"),
+    ]
+    + ([(["--mixed_precision", "fp16"], "fp16 needs a GPU")] if not torch.accelerator.is_available() else []),
 )
 def test_inconsistent_flags_fail_before_any_model_loads(capsys, args, message):
     sys.path.insert(0, str(ROOT))

@@ -1,9 +1,47 @@
-"""Folders written whole or not at all: a killed or failed write never leaves a half-written one."""
+"""Folders written whole or not at all, and by one writer at a time.
 
+`atomic_folder`: a killed or failed write never leaves a half-written folder. `locked`: two runs
+that would write the same folder at once (a shared cache) take turns instead of deleting each
+other's work.
+"""
+
+import logging
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def locked(path: str | os.PathLike):
+    """Holds an exclusive lock on ``path`` across processes (and threads) for the block; waits for it as long as needed.
+
+    Check and write under it, so the second writer finds the first one's finished folder::
+
+        with locked(folder):
+            if not folder.is_dir():
+                with atomic_folder(folder) as partial:
+                    ...
+
+    The lock file is the sibling ``.<name>.lock``, never inside ``path``, so replacing or deleting
+    the folder cannot drop a held lock. The operating system releases the lock of a killed process.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path.with_name(f".{path.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info(f"Waiting for another process to finish writing {path} (it holds {lock.lock_file}).")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager
@@ -31,3 +69,26 @@ def atomic_folder(final: str | os.PathLike):
         os.replace(final, previous)
     os.replace(partial, final)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def publish_entries(source: str | os.PathLike, folder: str | os.PathLike, marker: str, stale: list[str] = ()) -> None:
+    """Moves every entry of ``source`` into ``folder``, which may hold other things (checkpoints, logs).
+
+    ``marker`` (a pipeline's ``model_index.json``) is removed first and moved in last, so ``folder``
+    loads only once every entry is the new one: a kill midway leaves no loadable mix of old and new.
+    ``stale`` names entries of an earlier export to remove if the new one has none of that name.
+    """
+    source, folder = Path(source), Path(folder)
+    if not (source / marker).is_file():
+        raise FileNotFoundError(f"{source} has no {marker}: nothing complete to publish.")
+    (folder / marker).unlink(missing_ok=True)
+    for name in {*stale, *(entry.name for entry in source.iterdir())} - {marker}:
+        old = folder / name
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        elif old.exists() or old.is_symlink():
+            old.unlink()
+        if (source / name).exists():
+            os.replace(source / name, old)
+    os.replace(source / marker, folder / marker)
+    source.rmdir()

@@ -6,11 +6,14 @@ from diffusers.utils.hub_utils import MODEL_CARD_TEMPLATE_PATH, populate_model_c
 from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 
 # Never uploaded with a pipeline: resumable states, tracker logs, half-written folders.
-IGNORE_PATTERNS = ["checkpoint-*", ".checkpoint-*", "logs/*", "*.partial/*"]
+IGNORE_PATTERNS = ["checkpoint-*", ".checkpoint-*", "logs/*", "*.partial/*", ".pipeline*"]
 
 
-def save_model_card(args, output_dir: Path, steps: int) -> Path:
-    """``README.md`` in ``output_dir``: what was trained, on what, how, with the latest sample grid."""
+def save_model_card(args, output_dir: Path, steps: int, folder: Path | None = None) -> Path:
+    """``README.md`` for the run in ``output_dir``: what was trained, on what, how, with the latest sample grid.
+
+    It is written to ``folder`` (default ``output_dir``), e.g. an export being assembled.
+    """
     data = args.dataset_name or args.train_data_dir or "the built-in toy world (vdl_diffusion.toy), without captions"
     grid = Path(output_dir, "samples", "latest.png")
     description = f"""
@@ -49,7 +52,7 @@ image = pipe("{(args.validation_prompts or ["a red circle"])[0]}").images[0]
         model_description=description,
     )
     card = populate_model_card(card, tags=["text-to-image", "vdl-diffusion", "unsupervised", args.method])
-    path = Path(output_dir, "README.md")
+    path = Path(folder or output_dir, "README.md")
     card.save(path)
     return path
 
