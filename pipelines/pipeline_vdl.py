@@ -10,6 +10,8 @@ plain diffusers, without the vdl-diffusion package.
 """
 
 import inspect
+import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -37,6 +39,23 @@ from transformers import (
 CUSTOM_PIPELINE = os.path.splitext(os.path.basename(__file__))[0]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def _is_int(value) -> bool:
+    """An integer (Python or NumPy), not a bool or a float that happens to be whole."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_finite(name: str, tensor: torch.Tensor):
+    """Raises if a user-given tensor holds NaN or ±inf (one check per call, before any model runs)."""
+    if tensor.is_floating_point():  # integer tensors cannot hold NaN or inf
+        bad = (~torch.isfinite(tensor)).sum().item()
+        if bad:
+            raise ValueError(
+                f"`{name}` has {bad} NaN or infinite value(s) among its {tensor.numel()} (shape "
+                f"{tuple(tensor.shape)}); pass finite values."
+            )
+
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -178,16 +197,10 @@ class VDLPipeline(DiffusionPipeline):
 
     def prepare_latents(self, batch_size, num_channels_latents, height, width, dtype, device, generator, latents=None):
         """Initial noise ``z_T``, scaled to the scheduler's starting sigma."""
+        # `check_inputs` has checked `generator` and `latents` against this shape.
         shape = (batch_size, num_channels_latents, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(
-                f"`generator` is a list of {len(generator)} generators but {batch_size} images are requested; "
-                "pass one generator per image (batch size × num_images_per_prompt)."
-            )
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        elif latents.shape != shape:
-            raise ValueError(f"`latents` has shape {tuple(latents.shape)}, expected {shape}.")
         else:
             latents = latents.to(device=device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
@@ -212,7 +225,14 @@ class VDLPipeline(DiffusionPipeline):
         num_images_per_prompt=1,
         output_type="pil",
         callback_on_step_end_tensor_inputs=None,
+        num_inference_steps=1,
+        guidance_scale=1.0,
+        latents=None,
+        generator=None,
     ):
+        """Raises, before any model runs, on an argument of `__call__` that it cannot use, naming the
+        argument, the value it got and what it takes; `height` and `width` are the sizes in pixels,
+        defaults filled in."""
         given = [
             name
             for name, value in (("prompt", prompt), ("prompt_embeds", prompt_embeds), ("image", image))
@@ -237,6 +257,8 @@ class VDLPipeline(DiffusionPipeline):
                 raise TypeError(
                     f"`image` must be a PIL image, a list of them or a pixel tensor, got {type(image).__name__}."
                 )
+            if isinstance(image, torch.Tensor):
+                _check_finite("image", image)
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise ValueError("Pass `negative_prompt` or `negative_prompt_embeds`, not both.")
 
@@ -249,8 +271,15 @@ class VDLPipeline(DiffusionPipeline):
                 raise ValueError(
                     f"`{name}` must be a tensor of shape (batch, {dim}) (unet.config.encoder_hid_dim), got {got}."
                 )
+            if embeds is not None:
+                _check_finite(name, embeds)
 
         batch_size = self._batch_size(prompt, prompt_embeds, image)
+        if batch_size == 0:
+            value = {"prompt": prompt, "prompt_embeds": prompt_embeds, "image": image}[given[0]]
+            got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else "an empty list"
+            what = {"prompt": "prompt", "prompt_embeds": "row of embeddings", "image": "image"}[given[0]]
+            raise ValueError(f"`{given[0]}` is empty (got {got}); pass at least one {what}.")
         negatives = {
             "negative_prompt": negative_prompt if isinstance(negative_prompt, list) else None,
             "negative_prompt_embeds": negative_prompt_embeds,
@@ -262,11 +291,55 @@ class VDLPipeline(DiffusionPipeline):
                     f"pass one negative per prompt{' or a single string' if name == 'negative_prompt' else ''}."
                 )
 
+        factor = self.vae_scale_factor
         for name, size in (("height", height), ("width", width)):
-            if size % self.vae_scale_factor != 0:
-                raise ValueError(f"`{name}` must be divisible by the VAE factor {self.vae_scale_factor}, got {size}.")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"`num_images_per_prompt` must be at least 1, got {num_images_per_prompt}.")
+            if not _is_int(size) or size <= 0:
+                raise ValueError(
+                    f"`{name}` must be a positive integer number of pixels, got {size!r}; pass a multiple of the "
+                    f"VAE factor {factor} (default {self.unet.config.sample_size * factor})."
+                )
+            if size % factor != 0:
+                raise ValueError(
+                    f"`{name}` must be divisible by the VAE factor {factor}, got {size}; "
+                    f"pass e.g. {size // factor * factor or factor} or {(size // factor + 1) * factor}."
+                )
+        if not _is_int(num_images_per_prompt) or num_images_per_prompt < 1:
+            raise ValueError(
+                f"`num_images_per_prompt` must be an integer of at least 1, got {num_images_per_prompt!r}; "
+                "pass how many images to draw per prompt (or per image)."
+            )
+        if not _is_int(num_inference_steps) or num_inference_steps < 1:
+            raise ValueError(
+                f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}; "
+                "pass the number of denoising steps (default 25)."
+            )
+        try:
+            finite = math.isfinite(guidance_scale)
+        except (TypeError, ValueError, RuntimeError):  # not a number, or a tensor of several
+            finite = False
+        if not finite:
+            raise ValueError(
+                f"`guidance_scale` must be a finite number, got {guidance_scale!r}; pass e.g. 4.0 "
+                "(guidance is off at 1 or less)."
+            )
+
+        images = batch_size * num_images_per_prompt
+        if isinstance(generator, list) and len(generator) != images:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generators but {images} images are requested; "
+                "pass one generator per image (batch size × num_images_per_prompt)."
+            )
+        if latents is not None:
+            shape = (images, self.unet.config.in_channels, height // factor, width // factor)
+            if not isinstance(latents, torch.Tensor):
+                raise TypeError(f"`latents` must be a torch.Tensor of shape {shape}, got {type(latents).__name__}.")
+            if tuple(latents.shape) != shape:
+                raise ValueError(
+                    f"`latents` has shape {tuple(latents.shape)}, expected {shape} "
+                    "(batch size × num_images_per_prompt, unet.config.in_channels, height / VAE factor, "
+                    "width / VAE factor)."
+                )
+            _check_finite("latents", latents)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
@@ -334,8 +407,10 @@ class VDLPipeline(DiffusionPipeline):
             `return_dict=False`).
         """
         # 1. Check inputs
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        if height is None:  # not `height or ...`: 0 is an error, not the default
+            height = self.unet.config.sample_size * self.vae_scale_factor
+        if width is None:
+            width = self.unet.config.sample_size * self.vae_scale_factor
         self.check_inputs(
             prompt,
             image,
@@ -347,6 +422,10 @@ class VDLPipeline(DiffusionPipeline):
             num_images_per_prompt,
             output_type,
             callback_on_step_end_tensor_inputs,
+            num_inference_steps,
+            guidance_scale,
+            latents,
+            generator,
         )
         self._guidance_scale = guidance_scale
 
