@@ -184,7 +184,9 @@ def test_the_seed_fixes_captions_and_noise_whatever_the_batch_size(toy):
     first = evaluate(toy, pipelines[0], seed=0, batch_size=16)
     second = evaluate(toy, pipelines[1], seed=0, batch_size=48)
     assert pipelines[0].prompts == pipelines[1].prompts
-    np.testing.assert_equal({k: dataclasses.astuple(v) for k, v in first.items()}, {k: dataclasses.astuple(v) for k, v in second.items()})
+    assert first.keys() == second.keys()
+    for key in first:  # counts exactly; FD and CLIP score come from features computed in other batch sizes
+        np.testing.assert_allclose(dataclasses.astuple(first[key]), dataclasses.astuple(second[key]), rtol=1e-4, atol=0, err_msg=key)
     other = ToyPipeline(world, seed=1, noise=True)
     evaluate(toy, other, seed=1)
     assert other.prompts != pipelines[0].prompts
