@@ -54,8 +54,9 @@ from vdl_diffusion.files import atomic_folder, locked, publish_entries
 from vdl_diffusion.hub import push_pipeline_to_hub, save_model_card
 from vdl_diffusion.models import PRESET_LEARNING_RATES, UNET_PRESETS, build_noise_scheduler, build_sampling_scheduler, build_unet
 from vdl_diffusion.objective import ELBO, beta_at
-from vdl_diffusion.posterior import FAMILIES, TextEmbeddingPosterior
-from vdl_diffusion.priors import PRIORS, LearnedPrior, build_prior, estimate_text_cone
+from vdl_diffusion.posterior import FAMILIES, BankMixturePosterior, TextEmbeddingPosterior
+from vdl_diffusion.priors import PRIORS, LearnedPrior, TextBankPrior, build_prior, estimate_text_cone
+from vdl_diffusion.text_bank import load_texts, with_bank_candidates
 from vdl_diffusion.toy import TOY_CLIP, TOY_VAE, ToyWorld, write_imagefolder
 
 logger = get_logger(__name__)
@@ -113,9 +114,21 @@ def parse_args(argv=None):
     g = p.add_argument_group("method (METHOD.md)")
     g.add_argument("--method", default="vdl", choices=METHODS, help="What conditions the UNet in training.")
     g.add_argument("--prior", default="clip", choices=PRIORS, help="The prior p(t | y).")
-    g.add_argument("--prior_texts", help="A text file of unpaired texts, one a line, for the clip-gap prior (default: the toy world's).")
+    g.add_argument(
+        "--prior_texts",
+        help="Unpaired texts (never captions of the training images) for the clip-gap and text-bank priors: a UTF-8 file, one a line, "
+        "or DATASET:COLUMN (default: the toy world's generic prompts for clip-gap, 4000 captions of its CLIP split for text-bank).",
+    )
     g.add_argument("--logit_scale", type=positive_float, default=100.0, help="CLIP's logit scale s, the clip prior's concentration.")
-    g.add_argument("--posterior_family", default="power_spherical", choices=FAMILIES, help="The posterior's family.")
+    g.add_argument(
+        "--bank_concentration", type=positive_float,
+        help="κ_b of the text-bank prior's vMF around each text (default: samples at cosine 0.99 to their text, ≈3100 at D = 64).",
+    )
+    g.add_argument("--bank_top_k", type=positive_int, default=64, help="The text-bank prior's candidates per image (π is the softmax over them).")
+    g.add_argument(
+        "--posterior_family", default="power_spherical", choices=FAMILIES,
+        help="The posterior's family; bank_mixture reweighs the text-bank prior's candidates.",
+    )
     g.add_argument("--posterior_hidden_dim", type=positive_int, default=512, help="Width of the posterior MLP.")
     g.add_argument("--beta", type=non_negative_float, default=1.0, help="Weight of the KL term.")
     g.add_argument("--beta_warmup_steps", type=non_negative_int, default=0, help="Linear warm-up of beta from 0 over this many steps.")
@@ -201,9 +214,14 @@ def check_args(parser, args):
         name = getattr(args, flag)
         if name and not Path(name).exists() and _looks_like_a_path(name):
             parser.error(f"--{flag} {name}: no such folder (a Hub model is named like 'openai/clip-vit-large-patch14').")
-    for flag in ("train_data_dir", "prior_texts"):
-        if getattr(args, flag) and not Path(getattr(args, flag)).exists():
-            parser.error(f"--{flag} {getattr(args, flag)}: no such file or folder.")
+    if args.train_data_dir and not Path(args.train_data_dir).exists():
+        parser.error(f"--train_data_dir {args.train_data_dir}: no such folder.")
+    if args.prior_texts and ":" not in args.prior_texts and not Path(args.prior_texts).exists():
+        parser.error(f"--prior_texts {args.prior_texts}: no such file (or give DATASET:COLUMN).")
+    if args.method == "vdl" and args.posterior_family == "bank_mixture" and args.prior != "text-bank":
+        parser.error("--posterior_family bank_mixture reweighs the text-bank prior's candidates: add --prior text-bank.")
+    if args.method == "vdl" and args.posterior_family == "gaussian" and args.prior == "text-bank":
+        parser.error("--posterior_family gaussian lives in R^D, the text-bank prior on the sphere: use power_spherical or bank_mixture.")
     if args.resume_from_checkpoint not in (None, "latest") and not is_checkpoint(Path(args.resume_from_checkpoint)):
         parser.error(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a complete checkpoint (no training_state.json): "
                      "pass a checkpoint-N folder or 'latest'.")  # fmt: skip
@@ -277,6 +295,7 @@ def main(args):
 
     # The generator p_θ(x | t), the posterior q_φ(t | x, y) and the prior p(t | y).
     unet, posterior, prior = build_models(args, encoders)
+    train_dataset = with_bank_candidates(train_dataset, prior, accelerator.device)  # the text-bank prior's top-k per image
     noise_scheduler = build_noise_scheduler(args.prediction_type)
     elbo = ELBO(
         unet, noise_scheduler, method=args.method, posterior=posterior, prior=prior, p_uncond=args.p_uncond,
@@ -441,24 +460,36 @@ def build_models(args, encoders):
             "use a UNet trained with this CLIP, or a fresh one (--unet_preset)."
         )
 
-    posterior = None
-    if args.method == "vdl":
-        posterior = saved_part(TextEmbeddingPosterior, source, "posterior", args.revision) or TextEmbeddingPosterior(
-            embedding_dim, feature_dim, hidden_dim=args.posterior_hidden_dim, family=args.posterior_family,
-            init_concentration=args.logit_scale,
-        )
-
     prior = None
     if args.method in ("vdl", "prior-sample") or args.prior == "learned":
         if args.prior == "learned":
             prior = saved_part(LearnedPrior, source, "prior", args.revision)
+        if prior is None and args.prior == "text-bank":
+            texts = load_texts(args.prior_texts) if args.prior_texts else ToyWorld(args.seed).text_corpus()
+            prior = TextBankPrior.from_texts(
+                texts, encoders.encode_text, logit_scale=args.logit_scale, concentration=args.bank_concentration, top_k=args.bank_top_k
+            )
+            logger.info(f"Text bank of {len(texts)} unpaired texts ({len(prior.bank)} distinct): κ_b = {prior.concentration:.0f}, top-{args.bank_top_k}.")
         if prior is None:
             text_cone = None
             if args.prior == "clip-gap":
-                texts = Path(args.prior_texts).read_text().splitlines() if args.prior_texts else ToyWorld(args.seed).prior_texts()
+                texts = load_texts(args.prior_texts) if args.prior_texts else ToyWorld(args.seed).prior_texts()
                 text_cone = estimate_text_cone(texts, encoders.tokenizer, encoders.text_encoder)
                 logger.info(f"Text cone from {len(texts)} unpaired texts: κ_T = {text_cone[1]:.1f}.")
             prior = build_prior(args.prior, embedding_dim, logit_scale=args.logit_scale, text_cone=text_cone)
+
+    posterior = None
+    if args.method == "vdl" and args.posterior_family == "bank_mixture":
+        posterior = saved_part(BankMixturePosterior, source, "posterior", args.revision) or BankMixturePosterior(
+            embedding_dim, feature_dim, hidden_dim=args.posterior_hidden_dim
+        )
+    elif args.method == "vdl":
+        # κ_φ barely moves in training (Adam steps its softplus by about the learning rate), so it starts at
+        # the prior's scale: CLIP's s, or a bank text's κ_b.
+        posterior = saved_part(TextEmbeddingPosterior, source, "posterior", args.revision) or TextEmbeddingPosterior(
+            embedding_dim, feature_dim, hidden_dim=args.posterior_hidden_dim, family=args.posterior_family,
+            init_concentration=prior.concentration if isinstance(prior, TextBankPrior) else args.logit_scale,
+        )
     return unet, posterior, prior
 
 

@@ -11,8 +11,11 @@ from torch.distributions import kl_divergence
 from vdl_diffusion.distributions import (
     PowerSpherical,
     VonMisesFisher,
+    VonMisesFisherMixture,
+    concentration_for_cosine,
     log_bessel_iv,
     mean_resultant_length,
+    mixture_kl_upper_bound,
     vmf_log_normalizer,
 )
 
@@ -100,6 +103,15 @@ def test_mean_resultant_length_matches_mpmath(dim, kappa):
         reference = float(mpmath.besseli(dim / 2, kappa) / mpmath.besseli(dim / 2 - 1, kappa))
     value = mean_resultant_length(dim, torch.tensor(kappa, dtype=torch.float64)).item()
     assert value == pytest.approx(reference, rel=1e-10)
+
+
+def test_concentration_for_cosine_inverts_the_mean_resultant_length():
+    for dim, cosine in [(3, 0.5), (64, 0.97), (768, 0.97), (768, 0.19)]:
+        kappa = concentration_for_cosine(dim, cosine)
+        assert mean_resultant_length(dim, torch.tensor(kappa, dtype=torch.float64)).item() == pytest.approx(cosine, abs=1e-9)
+    assert 900 < concentration_for_cosine(64, 0.97) < 1100 and 12000 < concentration_for_cosine(768, 0.97) < 13000
+    with pytest.raises(ValueError, match="cosine"):
+        concentration_for_cosine(64, 1.0)
 
 
 def test_clip_prior_cosine_is_about_0_19():
@@ -281,3 +293,77 @@ def test_bad_bessel_and_kl_arguments_raise_value_error():
         vmf_log_normalizer(1, torch.tensor(1.0))
     with pytest.raises(ValueError, match="same sphere"):
         kl_divergence(PowerSpherical(_unit(8), 1.0), VonMisesFisher(_unit(9), 1.0))
+
+
+# --- VonMisesFisherMixture -----------------------------------------------------------------------
+
+
+def _mixture(dim, kappa, logits=(0.0, 1.0, -0.5), seed=0) -> VonMisesFisherMixture:
+    torch.manual_seed(seed)
+    loc = _unit(len(logits), dim)
+    return VonMisesFisherMixture(torch.tensor(logits, dtype=torch.float64), VonMisesFisher(loc, torch.full((len(logits),), kappa, dtype=torch.float64)))
+
+
+def _two_sphere(n_theta: int = 600) -> tuple[torch.Tensor, torch.Tensor]:
+    """Midpoint quadrature on S²: points (M, 3) and their areas (M,), summing to 4π."""
+    theta = (torch.arange(n_theta, dtype=torch.float64) + 0.5) * math.pi / n_theta
+    phi = (torch.arange(2 * n_theta, dtype=torch.float64) + 0.5) * math.pi / n_theta
+    theta, phi = torch.meshgrid(theta, phi, indexing="ij")
+    points = torch.stack([torch.sin(theta) * torch.cos(phi), torch.sin(theta) * torch.sin(phi), torch.cos(theta)], -1)
+    return points.reshape(-1, 3), (torch.sin(theta) * (math.pi / n_theta) ** 2).reshape(-1)
+
+
+def _integrate(integrand, points, areas, chunk=200_000) -> float:
+    """``∫ integrand(t) dt`` over the quadrature, in chunks of points."""
+    return sum((integrand(points[i : i + chunk]) * areas[i : i + chunk]).sum().item() for i in range(0, len(points), chunk))
+
+
+def kl_by_quadrature(q, p, points, areas) -> float:
+    """``KL(q || p) = ∫ q log(q / p)`` on S², brute force."""
+    return _integrate(lambda t: torch.exp(q.log_prob(t)) * (q.log_prob(t) - p.log_prob(t)), points, areas)
+
+
+@pytest.mark.parametrize("dim, kappa", [(3, 20.0), (8, 50.0), (64, 1000.0)])
+def test_mixture_samples_match_its_mean_exact_and_straight_through(dim, kappa):
+    p = _mixture(dim, kappa)
+    for t in (p.sample((N_DRAWS,)), p.rsample((N_DRAWS,))):
+        assert t.shape == (N_DRAWS, dim)
+        torch.testing.assert_close(t.norm(dim=-1), torch.ones(N_DRAWS, dtype=torch.float64), rtol=0, atol=1e-9)
+        standard_error = t.std(dim=0) / math.sqrt(N_DRAWS)
+        assert ((t.mean(dim=0) - p.mean).abs() < 5 * standard_error).all()
+    # Σ_j π_j A_D(κ) t_j: the mean the samples were checked against is the mixture's.
+    expected = (torch.softmax(p.mixture_distribution.logits, -1)[:, None] * p.loc).sum(0) * mean_resultant_length(dim, torch.tensor(kappa))
+    torch.testing.assert_close(p.mean, expected)
+    torch.testing.assert_close(p.mean_direction, F.normalize(expected, dim=-1))
+
+
+def test_mixture_density_integrates_to_one():
+    points, areas = _two_sphere()
+    assert _integrate(lambda t: torch.exp(_mixture(3, 20.0).log_prob(t)), points, areas) == pytest.approx(1, abs=1e-4)
+    # D = 8: importance sampling from the uniform distribution, E_u[p(t)] · |S^7| = 1.
+    torch.manual_seed(1)
+    t = F.normalize(torch.randn(200_000, 8, dtype=torch.float64), dim=-1)
+    weights = torch.exp(_mixture(8, 4.0).log_prob(t) - vmf_log_normalizer(8, torch.tensor(0.0, dtype=torch.float64)))
+    assert abs(weights.mean().item() - 1) < 5 * weights.std().item() / math.sqrt(len(t))
+
+
+def test_mixture_kl_upper_bound_bounds_the_kl_and_is_tight_for_separate_components():
+    points, areas = _two_sphere(400)
+    logits = torch.tensor([2.0, -1.0, 0.0], dtype=torch.float64)
+    for kappa, tight in [(5.0, False), (100.0, True)]:
+        p = VonMisesFisherMixture(torch.zeros(3, dtype=torch.float64), VonMisesFisher(torch.eye(3, dtype=torch.float64), torch.full((3,), kappa, dtype=torch.float64)))
+        q = p.reweighted(logits)
+        bound, kl = mixture_kl_upper_bound(q, p).item(), kl_by_quadrature(q, p, points, areas)
+        assert 0 < kl <= bound
+        assert (abs(bound - kl) < 1e-4) == tight  # overlapping components make the bound loose
+    with pytest.raises(ValueError, match="same components"):
+        mixture_kl_upper_bound(_mixture(3, 5.0), _mixture(3, 5.0))
+
+
+def test_mixture_rsample_passes_gradients_to_the_weights():
+    """The straight-through gradient of E[t_0ᵀt] raises the weight of t_0, lowers those of the orthogonal others."""
+    p = VonMisesFisherMixture(torch.zeros(3, dtype=torch.float64), VonMisesFisher(torch.eye(3, 8, dtype=torch.float64), 50.0))
+    logits = p.mixture_distribution.logits.clone().requires_grad_()
+    t = p.reweighted(logits).rsample((N_DRAWS,))
+    (t @ p.loc[0]).mean().backward()
+    assert logits.grad[0] > 0 and (logits.grad[1:] < 0).all()

@@ -9,8 +9,8 @@ from diffusers.training_utils import compute_snr
 from vdl_diffusion.conditioning import condition
 from vdl_diffusion.models import build_noise_scheduler, build_unet
 from vdl_diffusion.objective import ELBO, beta_at, diffusion_loss, elbo_scale
-from vdl_diffusion.posterior import TextEmbeddingPosterior
-from vdl_diffusion.priors import ClipPrior, LearnedPrior
+from vdl_diffusion.posterior import BankMixturePosterior, TextEmbeddingPosterior
+from vdl_diffusion.priors import ClipPrior, LearnedPrior, TextBankPrior
 
 D, F_DIM = 32, 12
 
@@ -50,6 +50,21 @@ def test_elbo_backpropagates_into_unet_and_posterior():
     assert elbo.posterior.to_loc.weight.grad.abs().sum() > 0
     assert elbo.posterior.to_concentration.weight.grad.abs().sum() > 0
     assert {"loss", "diffusion", "kl", "beta", "cos_t_y", "kappa"} <= logs.keys()
+
+
+@pytest.mark.parametrize("posterior_class, estimator", [(BankMixturePosterior, "kl_bound"), (TextEmbeddingPosterior, "kl_mc")])
+def test_elbo_on_the_text_bank_prior_trains_the_posterior_and_names_its_kl(posterior_class, estimator):
+    bank = F.normalize(torch.randn(20, D, generator=torch.Generator().manual_seed(3)), dim=-1)
+    prior = TextBankPrior.from_texts([str(i) for i in range(20)], lambda texts: bank[[int(t) for t in texts]], top_k=8)
+    torch.manual_seed(0)
+    posterior = posterior_class(D, F_DIM, hidden_dim=32)
+    elbo = ELBO(build_unet("tiny", D), DDPMScheduler(), method="vdl", posterior=posterior, prior=prior)
+    loss, logs = elbo(batch(), beta=1.0)
+    loss.backward()
+    assert torch.isfinite(loss) and logs[estimator] == logs["kl"] >= 0  # 0 for the mixture: q = p at the start
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for name, p in posterior.named_parameters() if not name.startswith("trunk"))
+    # The bank is a constant on every process: DistributedDataParallel does not broadcast it each step.
+    assert elbo._ddp_params_and_buffers_to_ignore == ["prior.bank", "prior.log_count"]
 
 
 def test_elbo_is_diffusion_loss_plus_scaled_kl():

@@ -226,7 +226,10 @@ def test_training_continues_from_a_saved_pipeline(world, tmp_path):
         (["--toy_train_images", "0"], "argument --toy_train_images: must be > 0"),
         (["--pretrained_clip", "./no/such/clip"], "--pretrained_clip ./no/such/clip: no such folder"),
         (["--pretrained_vae", "/no/such/vae"], "--pretrained_vae /no/such/vae: no such folder"),
-        (["--train_data_dir", "/no/such/images"], "--train_data_dir /no/such/images: no such file or folder"),
+        (["--train_data_dir", "/no/such/images"], "--train_data_dir /no/such/images: no such folder"),
+        (["--prior_texts", "/no/such/texts.txt"], "--prior_texts /no/such/texts.txt: no such file"),
+        (["--posterior_family", "bank_mixture"], "add --prior text-bank"),
+        (["--prior", "text-bank", "--posterior_family", "gaussian"], "use power_spherical or bank_mixture"),
         (["--resume_from_checkpoint", "/no/such/checkpoint-3"], "is not a complete checkpoint"),
     ]
     + ([(["--mixed_precision", "fp16"], "fp16 needs a GPU")] if not torch.accelerator.is_available() else []),

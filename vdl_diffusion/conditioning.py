@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Independent, Normal, kl_divergence
 
-from .distributions import VonMisesFisher
+from .distributions import VonMisesFisher, VonMisesFisherMixture, mixture_kl_upper_bound
 
 METHODS = ("vdl", "lafite", "image", "prior-sample", "supervised")
 
@@ -21,7 +21,8 @@ class Condition:
     t: torch.Tensor
     """(B, D) unit-norm condition for the UNet."""
     kl: torch.Tensor
-    """(B,) ``KL(q(t | x, y) || p(t | y))``, zero where a method has none."""
+    """(B,) ``KL(q(t | x, y) || p(t | y))`` (closed form, an upper bound or a Monte Carlo estimate: see
+    ``stats``), zero where a method has none."""
     caption_nll: torch.Tensor
     """(B,) ``-log q(t* | x, y)`` (plus ``-log p(t* | y)`` for a learned prior) on captioned images."""
     stats: dict = field(default_factory=dict)
@@ -29,7 +30,8 @@ class Condition:
 
 
 def condition(method: str, batch: dict, posterior=None, prior=None, lafite_xi: float = 0.75) -> Condition:
-    """The condition for ``batch`` (``y``, ``features``, and optionally ``caption_embeds``/``has_caption``)."""
+    """The condition for ``batch`` (``y``, ``features``, and optionally ``caption_embeds``/``has_caption``, and
+    for the ``text-bank`` prior each image's top-k ``bank_index``/``bank_logits``)."""
     y = batch["y"]
     zero = y.new_zeros(y.shape[0])
     has_caption = batch.get("has_caption", torch.zeros_like(zero, dtype=torch.bool)).bool()
@@ -39,17 +41,23 @@ def condition(method: str, batch: dict, posterior=None, prior=None, lafite_xi: f
         caption_embeds = torch.where(has_caption[:, None], caption_embeds.to(y.dtype), y)
     kl, caption_nll, stats = zero, zero, {}
     needs_prior = method in ("vdl", "prior-sample") or _has_parameters(prior)
-    p = prior(y) if needs_prior else None
+    # The text-bank prior reads each image's precomputed top-k bank entries when the batch has them.
+    candidates = [batch[key] for key in ("bank_index", "bank_logits") if key in batch]
+    p = prior(y, *candidates) if needs_prior else None
 
     if method == "vdl":
-        q = posterior(y, batch.get("features"))
         # The prior is fitted on captions only (METHOD.md), never pulled towards q by the KL.
-        kl = kl_divergence(q, _detached(p, like=q))
+        p_fixed = _detached(p)
+        q = posterior(y, batch.get("features"), p_fixed)
         t = F.normalize(q.rsample(), dim=-1)
-        stats["kappa"] = _concentration(q).mean().detach()
+        kl, estimator = _kl(q, p_fixed, t)
+        kl = torch.where(has_caption, zero, kl)
+        if estimator:
+            stats[estimator] = kl.mean().detach()
+        if not isinstance(q, VonMisesFisherMixture):
+            stats["kappa"] = _concentration(q).mean().detach()
         if has_caption.any():
             caption_nll = torch.where(has_caption, -q.log_prob(caption_embeds), zero)
-        kl = torch.where(has_caption, zero, kl)
     elif method == "lafite":
         noise = F.normalize(torch.randn_like(y), dim=-1)
         t = F.normalize((1 - lafite_xi) * y + lafite_xi * noise, dim=-1)
@@ -76,16 +84,31 @@ def _has_parameters(module) -> bool:
     return module is not None and any(True for _ in module.parameters())
 
 
-def _detached(p: VonMisesFisher, like) -> torch.distributions.Distribution:
-    """``p`` without gradients, in the family of the posterior ``like`` (so the KL is closed-form).
+def _detached(p):
+    """The prior ``p`` (a vMF or a mixture of them) without gradients."""
+    if isinstance(p, VonMisesFisherMixture):
+        return p.reweighted(p.mixture_distribution.logits.detach())
+    return VonMisesFisher(p.loc.detach(), p.concentration.detach())
 
-    For the Gaussian posterior, the vMF prior becomes ``N(m, I/κ)``, its tangent-space approximation.
+
+def _kl(q, p, t: torch.Tensor) -> tuple[torch.Tensor, str | None]:
+    """``KL(q || p)`` per row and, unless it is exact, the name of its estimate (a log key).
+
+    - vMF prior: closed form; for the Gaussian posterior the prior becomes ``N(m, I/κ)``, its
+      tangent-space approximation.
+    - Mixture prior, mixture posterior over the same components: the bound ``KL(w || π)`` (``kl_bound``).
+    - Mixture prior, power spherical posterior: no closed form; ``log q(t̃) - log p(t̃)`` at the
+      reparameterised sample ``t̃`` that conditions the UNet, unbiased for the KL and its gradient (``kl_mc``).
     """
-    loc, concentration = p.loc.detach(), p.concentration.detach()
-    if isinstance(like, Independent):
-        scale = concentration.rsqrt()[..., None].expand_as(loc)
-        return Independent(Normal(loc, scale), 1)
-    return VonMisesFisher(loc, concentration)
+    if isinstance(p, VonMisesFisherMixture):
+        if isinstance(q, VonMisesFisherMixture):
+            return mixture_kl_upper_bound(q, p), "kl_bound"
+        if isinstance(q, Independent):
+            raise ValueError("The gaussian posterior lives in R^D, the text-bank prior on the sphere: use --posterior_family power_spherical or bank_mixture.")
+        return q.log_prob(t) - p.log_prob(t), "kl_mc"
+    if isinstance(q, Independent):
+        p = Independent(Normal(p.loc, p.concentration.rsqrt()[..., None].expand_as(p.loc)), 1)
+    return kl_divergence(q, p), None
 
 
 def _concentration(q) -> torch.Tensor:

@@ -3,8 +3,11 @@
 - :class:`PowerSpherical` ``q(t) ∝ (1 + μᵀt)^κ`` (De Cao & Aziz 2020): the posterior family, with an
   exact reparameterised sampler.
 - :class:`VonMisesFisher` ``p(t) = C_D(κ) exp(κ mᵀt)``: the prior family (CLIP's own conditional).
+- :class:`VonMisesFisherMixture` ``Σ_j π_j vMF(t; t_j, κ)``: the ``text-bank`` prior and the posterior
+  over its candidates.
 - ``KL(PowerSpherical || VonMisesFisher)`` in closed form, registered with
-  ``torch.distributions.kl_divergence``.
+  ``torch.distributions.kl_divergence``; between two mixtures over the same components, the bound
+  :func:`mixture_kl_upper_bound`.
 
 ``log C_D`` needs ``log I_{D/2-1}(κ)`` for D up to 1024 and κ from 0 to 1e4 and beyond, where
 ``I_ν`` itself under- or overflows float64 (``scipy.special.ive`` ratios turn to nan at D = 768
@@ -16,7 +19,7 @@ from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Beta, Distribution, constraints
+from torch.distributions import Beta, Categorical, Distribution, MixtureSameFamily, constraints, kl_divergence
 from torch.distributions.kl import register_kl
 
 # ---------------------------------------------------------------------------------------------
@@ -150,6 +153,23 @@ def mean_resultant_length(dim: int, kappa) -> torch.Tensor:
     return (torch.exp(log_ratio) * kappa64 / 2).to(_result_dtype(kappa))
 
 
+def concentration_for_cosine(dim: int, cosine: float) -> float:
+    """The κ at which ``vMF(m, κ)`` on S^{D-1} puts its samples at mean cosine ``cosine`` to ``m``: ``A_D(κ) = cosine``.
+
+    ``A_D`` increases from 0 to 1, so bisection on ``log κ`` finds it to float64 precision.
+    """
+    if not 0 < cosine < 1:
+        raise ValueError(f"`cosine` must lie in (0, 1), got {cosine}.")
+    low, high = math.log(1e-8), math.log(1e8)
+    for _ in range(100):
+        middle = (low + high) / 2
+        if mean_resultant_length(dim, torch.tensor(math.exp(middle), dtype=torch.float64)).item() < cosine:
+            low = middle
+        else:
+            high = middle
+    return math.exp((low + high) / 2)
+
+
 # ---------------------------------------------------------------------------------------------
 # Distributions on the sphere. Densities, entropies and the KL are computed in float64 and
 # returned in the parameters' dtype: they are differences of terms ~1e3 (lgamma of κ, log C_D)
@@ -222,6 +242,11 @@ class _SphericalDistribution(Distribution):
     def dim(self) -> int:
         """D, so that the support is S^{D-1}."""
         return self.loc.shape[-1]
+
+    @property
+    def mean_direction(self) -> torch.Tensor:
+        """The unit vector along the mean: ``loc``."""
+        return self.loc
 
     @property
     def _sampling_dtype(self) -> torch.dtype:
@@ -321,6 +346,67 @@ class VonMisesFisher(_SphericalDistribution):
             if not pending.any():
                 return _place_on_sphere(w.to(self._sampling_dtype), self.loc)
         raise RuntimeError(f"Wood's sampler rejected some proposals {self._MAX_REJECTION_ROUNDS} times in a row.")
+
+
+class VonMisesFisherMixture(MixtureSameFamily):
+    """``Σ_j π_j vMF(t; t_j, κ_j)`` on S^{D-1}: ``logits`` (..., K) = log π + const, ``components`` of batch shape (..., K).
+
+    The ``text-bank`` prior's family (its components are bank texts) and that of the posterior that
+    reweighs them. ``sample`` draws a component, then a point of it, instead of a point of every
+    component. ``rsample`` is the same exact draw with a straight-through Gumbel-softmax gradient to
+    the logits: a discrete choice has no reparameterisation, and the relaxed weights ``soft`` pass
+    ``∂t/∂soft_j = t_j`` (biased, one sample; the components themselves get no gradient).
+    """
+
+    has_rsample = True
+
+    def __init__(self, logits: torch.Tensor, components: VonMisesFisher, temperature: float = 1.0, validate_args=None):
+        super().__init__(Categorical(logits=logits), components, validate_args=validate_args)
+        self.temperature = temperature
+
+    @property
+    def loc(self) -> torch.Tensor:
+        """The components' mean directions ``t_j``, (..., K, D)."""
+        return self.component_distribution.loc
+
+    @property
+    def mean_direction(self) -> torch.Tensor:
+        """The unit vector along the mean ``Σ_j π_j A_D(κ_j) t_j``."""
+        return F.normalize(self.mean, dim=-1)
+
+    def reweighted(self, logits: torch.Tensor, temperature: float = 1.0) -> "VonMisesFisherMixture":
+        """The same components (the same object) with weights ``softmax(logits)``."""
+        return VonMisesFisherMixture(logits, self.component_distribution, temperature)
+
+    def sample_component(self, index: torch.Tensor) -> torch.Tensor:
+        """One draw of component ``index`` (shape: sample + batch) of each mixture, e.g. to know which one was drawn."""
+        loc, kappa = self.loc, self.component_distribution.concentration
+        loc = torch.gather(loc.expand(*index.shape, *loc.shape[-2:]), -2, index[..., None, None].expand(*index.shape, 1, loc.shape[-1]))
+        kappa = torch.gather(kappa.expand(*index.shape, kappa.shape[-1]), -1, index[..., None])
+        return VonMisesFisher(loc.squeeze(-2), kappa.squeeze(-1), validate_args=False).sample()
+
+    @torch.no_grad()
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return self.sample_component(self.mixture_distribution.sample(sample_shape))
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        logits = self.mixture_distribution.logits.expand(*sample_shape, *self.mixture_distribution.logits.shape)
+        uniform = torch.rand_like(logits).clamp(min=torch.finfo(logits.dtype).tiny)
+        perturbed = logits - torch.log(-torch.log(uniform))  # Gumbel-max: its argmax is a draw from π
+        soft = torch.softmax(perturbed / self.temperature, dim=-1)
+        t = self.sample_component(perturbed.argmax(-1))
+        return t + ((soft - soft.detach())[..., None] * self.loc).sum(-2)
+
+
+def mixture_kl_upper_bound(q: VonMisesFisherMixture, p: VonMisesFisherMixture) -> torch.Tensor:
+    """``KL(w || π) ≥ KL(q || p)`` for ``q = Σ w_j c_j`` and ``p = Σ π_j c_j`` over the same components ``c_j``.
+
+    The log-sum inequality; equality when the components do not overlap, so the ELBO stays a bound.
+    Build ``q`` with ``p.reweighted(...)``: the components are checked by identity, without a host sync.
+    """
+    if q.component_distribution is not p.component_distribution:
+        raise ValueError("`mixture_kl_upper_bound` needs two mixtures over the same components: build q with `p.reweighted(logits)`.")
+    return kl_divergence(q.mixture_distribution, p.mixture_distribution)
 
 
 @register_kl(PowerSpherical, VonMisesFisher)

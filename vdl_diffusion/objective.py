@@ -113,6 +113,10 @@ class ELBO(nn.Module):
         self.caption_weight, self.snr_gamma, self.noise_offset = caption_weight, snr_gamma, noise_offset
         null = torch.zeros(unet.config.encoder_hid_dim)
         self.null_embedding = nn.Parameter(null, requires_grad=learn_null_embedding)
+        if prior is not None:
+            # The prior's buffers (m_T, or a text bank of up to 10^6 × D) are constants, the same on every
+            # process: DistributedDataParallel must not broadcast them before every step.
+            self._ddp_params_and_buffers_to_ignore = [f"prior.{name}" for name, _ in prior.named_buffers()]
 
     def forward(self, batch: dict, beta: float = 1.0) -> tuple[torch.Tensor, dict]:
         z0 = batch["latents"]

@@ -94,6 +94,14 @@ ZERO_SHOT_TEMPLATES = {
     "background": [lambda s: f"an object on a {s} background", lambda s: f"a shape against {s}"],
 }
 
+# Unpaired text corpora for the text-bank prior (ToyWorld.text_corpus): the CLIP split's captions, the
+# same mismatched to the evaluation captions, or generic prompts. Their own "clip" streams, apart
+# from the toy CLIP's training steps (0, 1, ...) and its tokenizer corpus (10^9).
+CORPORA = ("captions", "mismatched", "generic")
+CORPUS_STREAM = 2 * 10**9
+MISMATCHED_MENTION_PROBABILITY = {"shape": 0.8, "colour": 0.8, "size": 0.1, "position": 0.3, "background": 0.5}
+WITHHELD_TEMPLATES = re.compile(r"^(in|at) the |something |against ")
+
 
 @dataclass
 class ToySample:
@@ -341,6 +349,30 @@ class ToyWorld:
         names = [_article(s) for s in SHAPES] + [_article(f"{c} shape") for c in COLOURS]
         names += [_article(f"{s} object") for s in SIZES] + ["an object", "a shape", "something"]
         return [template.format(name) for template in templates for name in names]
+
+    def text_corpus(self, kind: str = "captions", n: int = 4000) -> list[str]:
+        """Unpaired texts for the ``text-bank`` prior, never captions of training or evaluation images.
+
+        - ``"captions"``: captions of ``n`` images of the CLIP split (its own stream), as a real bank
+          would hold captions of other images;
+        - ``"mismatched"``: the same at other mention rates (`MISMATCHED_MENTION_PROBABILITY`), with three
+          caption templates withheld (position first, "something <adjective>", "against <background>");
+        - ``"generic"``: the 90 generic prompts of `prior_texts` (``n`` is ignored).
+        """
+        if kind == "generic":
+            return self.prior_texts()
+        if kind not in CORPORA:
+            raise ValueError(f"kind must be one of {CORPORA}, got {kind!r}")
+        if not isinstance(n, (int, np.integer)) or n < 2:
+            raise ValueError(f"n must be an int >= 2, got {n!r}")
+        rng = self._rng("clip", CORPUS_STREAM + CORPORA.index(kind))
+        if kind == "captions":
+            return self.caption_for(self.sample_labels(n, "clip", rng), rng)[0]
+        texts = []
+        while len(texts) < n:
+            captions, _ = self.caption_for(self.sample_labels(n, "clip", rng), rng, MISMATCHED_MENTION_PROBABILITY)
+            texts += [caption for caption in captions if not WITHHELD_TEMPLATES.search(caption)]
+        return texts[:n]
 
     def zero_shot_prompts(self, attribute: str) -> list[list[str]]:
         """For each value of ``attribute``, prompts naming only that value (for zero-shot accuracy)."""

@@ -1,0 +1,130 @@
+"""The ``text-bank`` prior's inputs: its unpaired texts, and each training image's top-k bank entries.
+
+A training step must not cost a bank-sized matmul (a real bank holds up to 10^6 texts), so the top-k
+entries of every cached image, indices and logits ``s yᵀt_j + log n_j``, are found once, after the
+embedding cache is built, and read with each row (`with_bank_candidates`). The file lives in the
+cache folder, named by the prior's fingerprint (bank, counts, s, k): a new bank or k never reads a
+stale file, and a rebuilt cache deletes it with the folder. Without a cache (``--no_cache``) the
+prior finds the top-k of each batch itself: one (B, N) matmul per step, ``2·B·N·D`` flops and
+``B·N`` scores (chunked to 128 MiB), about 50 GFLOP a step for B = 32, N = 10^6, D = 768.
+"""
+
+import os
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from accelerate import PartialState
+from accelerate.logging import get_logger
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from .cache import CachedEmbeddingDataset
+from .priors import TextBankPrior, bank_top_k
+
+logger = get_logger(__name__)
+
+ROW = np.dtype([("index", "<i4"), ("logit", "<f4")])  # one bank entry of one image's top-k
+
+
+def load_texts(source: str | os.PathLike) -> list[str]:
+    """Unpaired texts for a prior: a UTF-8 text file, one text a line, or ``DATASET:COLUMN``, a text
+    column of the ``train`` split of a `datasets` dataset (Hub name or local folder). Blank lines are skipped.
+    """
+    path = Path(source)
+    if not path.is_file() and ":" in str(source):
+        name, column = str(source).rsplit(":", 1)
+        texts = datasets.load_dataset(name, split="train")[column]
+        fix = f"pick a text column of {name}"
+    else:
+        try:
+            texts = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{source} is not UTF-8 text ({error.reason} at byte {error.start}): re-encode it, e.g. `iconv -f latin1 -t utf-8`.") from None
+        fix = "write one text a line"
+    texts = [text.strip() for text in texts if isinstance(text, str) and text.strip()]
+    if len(set(texts)) < 2:
+        raise ValueError(
+            f"{source} holds {len(set(texts))} distinct text(s); a text bank needs at least two unpaired texts "
+            f"(thousands for a useful prior): {fix}."
+        )
+    return texts
+
+
+def with_bank_candidates(dataset, prior, device: str | torch.device = "cpu", image_chunk: int = 4096):
+    """``dataset`` whose rows carry ``bank_index`` and ``bank_logits``, each image's top-k bank entries.
+
+    Only a cached dataset with a `TextBankPrior` gains them; any other is returned as it is (an
+    uncached one leaves the prior to find each batch's top-k). The main process builds the file
+    (`build_top_k`, on ``device``) while the others wait, then all read it.
+    """
+    if not isinstance(prior, TextBankPrior) or not isinstance(dataset, CachedEmbeddingDataset):
+        return dataset
+    path = Path(dataset.folder) / f"bank-top{prior.config.top_k}-{prior.fingerprint()}.npy"
+    with PartialState().main_process_first():
+        if path.is_file():
+            logger.info(f"Reusing each image's top-{prior.config.top_k} bank entries, {path}.")
+        else:
+            build_top_k(dataset, prior, path, device, image_chunk)
+    return BankCandidates(dataset, path)
+
+
+@torch.no_grad()
+def build_top_k(dataset: CachedEmbeddingDataset, prior: TextBankPrior, path: Path, device="cpu", image_chunk: int = 4096) -> None:
+    """Writes the top-k entries of every image of the cache to ``path`` (a `ROW` array of shape (N, k)).
+
+    Chunked over images (``image_chunk`` rows of ``y`` at a time) and over the bank (`bank_top_k`), and
+    written into a memory-mapped file, so memory is the bank plus one chunk, whatever N. Written
+    under a temporary name and moved into place: readers see the whole file or none.
+    """
+    bank, log_count = prior.bank.to(device), prior.log_count.to(device)
+    k = min(prior.config.top_k, bank.shape[0])
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    rows = np.lib.format.open_memmap(temporary, mode="w+", dtype=ROW, shape=(len(dataset), k))
+    logger.info(f"Finding each of {len(dataset)} images' top-{k} among {bank.shape[0]} bank texts.")
+    with tqdm(total=len(dataset), desc="Top-k bank entries", disable=not PartialState().is_local_main_process) as progress:
+        for index, y in _cached_embeddings(dataset, image_chunk):
+            logits, entries = bank_top_k(y.to(device), bank, log_count, prior.config.logit_scale, k)
+            rows["index"][index.numpy()] = entries.cpu().numpy()
+            rows["logit"][index.numpy()] = logits.cpu().numpy()
+            progress.update(len(index))
+    rows.flush()
+    del rows
+    os.replace(temporary, path)
+
+
+def _cached_embeddings(dataset: CachedEmbeddingDataset, chunk: int):
+    """``(index, y)`` for consecutive rows of each cache shard, ``chunk`` at a time, read from the memory map."""
+    for shard in dataset.shards:
+        with safe_open(Path(dataset.folder) / shard, framework="pt") as file:
+            index, y = file.get_tensor("index"), file.get_slice("y")
+            for start in range(0, len(index), chunk):
+                yield index[start : start + chunk], y[start : start + chunk]
+
+
+class BankCandidates(torch.utils.data.Dataset):
+    """Rows of ``dataset`` plus ``bank_index`` (k,) and ``bank_logits`` (k,) read from the top-k file.
+
+    The file is memory-mapped and opened lazily, so each data loader worker maps its own and no row
+    is loaded before it is read.
+    """
+
+    def __init__(self, dataset: CachedEmbeddingDataset, path: str | os.PathLike):
+        self.dataset, self.path = dataset, Path(path)
+        self._rows = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self._rows is None:
+            self._rows = np.load(self.path, mmap_mode="r")
+        row = self._rows[index]
+        return {**self.dataset[index], "bank_index": torch.from_numpy(row["index"].astype(np.int64)), "bank_logits": torch.from_numpy(row["logit"].copy())}
+
+    def prepare_batch(self, batch: dict[str, torch.Tensor], encoders) -> dict[str, torch.Tensor]:
+        return self.dataset.prepare_batch(batch, encoders)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_rows": None}  # a memory map does not pickle (spawned workers)
