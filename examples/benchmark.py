@@ -7,7 +7,10 @@
 
 It runs on CUDA when there is a GPU, else on the CPU with torch's default thread count (where
 other processes share the CPU, OpenMP threads wait on each other and steps slow down erratically,
-several times over: there ``--threads 1`` gives steadier numbers). It uses the toy world's shipped
+several times over: there ``--threads 1`` gives steadier numbers). Every duration is read from one
+clock (``--clock``): on the CPU by default the process's CPU time, which a loaded machine does not
+inflate with time spent waiting for a core; on a GPU wall time, the device synchronised. (CPU time
+does not count data loader worker processes: compare ``loader_workers`` with ``--clock wall``.) It uses the toy world's shipped
 CLIP and VAE (32×32 images, 8×8×4 latents) when they load, else the tiny test components. A training step is what train.py does per batch: fetch the batch
 (the embedding cache, or images through the frozen encoders), ELBO forward, backward, clip the
 gradient norm, AdamW step, EMA update. It prints one table (section | setting | value | unit |
@@ -16,8 +19,11 @@ detail) whose rows are, by section:
 - machine: CPU, cores, device, versions, load average (the CPU may be shared: numbers are noisy).
 - peak: the matmul rate of a large GEMM in the training dtype, MFU's denominator.
 - training: images/s (median over timed windows after warm-up) per UNet preset, batch size and
-  cache on/off; FLOPs of one step (``FlopCounterMode``), achieved FLOP/s, MFU, peak memory; then
-  the share of a step in each phase (timed apart, the device synchronised around each timer).
+  cache on/off; FLOPs of one step (``FlopCounterMode``, plus attention on the CPU, which it does not
+  count: ``4·B·heads·L·S·d`` per call forward, twice that backward), achieved FLOP/s, peak memory,
+  and MFU: each timed window follows a GEMM timed on the same clock and threads, so every round
+  gives one MFU; the median and [min–max] over rounds are reported. Then the share of a step in each
+  phase (timed apart, the device synchronised around each timer).
 - profile: for the focus setting (the last preset, largest batch, cached), how much time the
   matmuls/convolutions take and at what rate, and the heaviest ops: what bounds MFU.
 - sampling: ``VDLPipeline`` latency against the sum of its parts timed alone, i.e. the pipeline's own
@@ -26,7 +32,17 @@ detail) whose rows are, by section:
 - optimisations: each against train.py's defaults at the focus setting, in the same run, their
   timed windows taken in a round robin so that a change in the machine's load hits all: channels-last, foreach/fused
   AdamW, foreach EMA, bf16 autocast, data loader workers (and pinned memory on a GPU), SDPA
-  against the classic attention processor, and ``torch.compile`` with ``--compile``.
+  against the classic attention processor, the cache held in memory, and ``torch.compile`` with ``--compile``.
+- diffusers (``--sections diffusers``): train.py's step on the cache against a re-creation of
+  diffusers' Kandinsky 2.2 decoder training loop (VAE and CLIP image encoder in every step) and
+  against that loop on latents and embeddings precomputed in memory, at the same UNet and batch;
+  train.py's step also with the cache in RAM, and with ``--method image`` (the UNet on ``y``, no
+  posterior: the same work as diffusers' loop, so the ratio is the loop's own cost)
+  (``--diffusers_presets``, ``--diffusers_batch_size``): their timed windows in a round robin, the
+  ratio per round, median [min–max]. ``python examples/benchmark.py --sections diffusers --threads 1``.
+
+On a GPU, ``examples/benchmark_gpu.py`` measures the ``base`` preset at 256 px (bf16, SDPA,
+channels-last, ``torch.compile``, a batch sweep, sampling) against the card's bf16 peak.
 """
 
 import argparse
@@ -52,10 +68,11 @@ import torch
 from accelerate import Accelerator
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.training_utils import EMAModel
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from vdl_diffusion import VDLPipeline
 from vdl_diffusion.cache import CachedEmbeddingDataset, build_or_load_cache
+from vdl_diffusion.data import ImageDataset, ImageTransform
 from vdl_diffusion.encoders import FrozenEncoders
 from vdl_diffusion.models import UNET_PRESETS, build_noise_scheduler, build_sampling_scheduler, build_unet
 from vdl_diffusion.objective import ELBO
@@ -65,9 +82,17 @@ from vdl_diffusion.testing_utils import tiny_clip_components, tiny_vae
 from vdl_diffusion.toy import TOY_CLIP, TOY_VAE, ToyWorld
 
 PROMPT = "a red circle"
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+_clock = time.perf_counter  # set by run(): every duration of the benchmark is read from this one clock
+
+
+def now() -> float:
+    return _clock()
 # Ops whose FLOPs FlopCounterMode counts, as the profiler names them: the compute-bound share of a step.
 MATMUL_OPS = re.compile(r"::(mm|addmm|bmm|baddbmm|matmul|linear)$|conv|scaled_dot_product")
 
+
+SECTIONS = ("training", "sampling", "scaling", "optimisations", "diffusers")
 
 OPTIMISATIONS = {  # name: (what changes against train.py's defaults, TrainingStep options, data loader options)
     "channels_last": ("UNet weights and latents in channels_last", {"channels_last": True}, {}),
@@ -76,6 +101,7 @@ OPTIMISATIONS = {  # name: (what changes against train.py's defaults, TrainingSt
     "ema_foreach": ("EMAModel(foreach=True)", {"ema_foreach": True}, {}),
     "bf16_autocast": ("autocast to bfloat16", {"autocast": torch.bfloat16}, {}),
     "loader_workers": ("data loader workers (--num_workers)", {}, {"num_workers": None}),
+    "cache_in_memory": ("the cache held in RAM (--cache_in_memory)", {}, {"in_memory": True}),
     "pin_memory": ("pin_memory=True (GPU only)", {}, {"pin_memory": True}),
     "classic_attention": ("AttnProcessor instead of the default SDPA AttnProcessor2_0", {"attention": "classic"}, {}),
     "compile": ("unet.compile() (with --compile)", {"compile": True}, {}),
@@ -87,6 +113,9 @@ def parse_args(argv=None):
     p.add_argument("--output", help="Write the results as JSON to this file.")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda if available, else cpu).")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice).")
+    p.add_argument("--clock", choices=sorted(CLOCKS), help="cpu: process CPU time (default on the CPU); wall: wall time (default on a GPU).")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=[s for s in SECTIONS if s != "diffusers"],
+                   help="What to measure (default: all but diffusers).")
     g = p.add_argument_group("training")
     g.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=sorted(UNET_PRESETS),
                    help="UNet presets, each at its native resolution (base is slow on a CPU).")
@@ -112,8 +141,13 @@ def parse_args(argv=None):
                    help="Which to compare (default: all that apply: pin_memory on a GPU, compile with --compile).")
     g.add_argument("--num_workers", type=int, default=2, help="Data loader workers of the loader_workers comparison.")
     g.add_argument("--compile", action="store_true", help="Also compare torch.compile (slow to compile on a CPU).")
+    g = p.add_argument_group("diffusers: train.py's step against diffusers' Kandinsky 2.2 decoder loop")
+    g.add_argument("--diffusers_presets", nargs="+", default=["tiny", "small"], choices=sorted(UNET_PRESETS))
+    g.add_argument("--diffusers_batch_size", type=int, default=32)
+    g.add_argument("--diffusers_rounds", type=int, default=7, help="Rounds of the round robin; ratios are per round.")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.clock = args.clock or ("cpu" if args.device == "cpu" else "wall")
     if args.optimisations is None:
         args.optimisations = [n for n in OPTIMISATIONS if n not in ("pin_memory", "compile")]
         args.optimisations += ["pin_memory"] if args.device.startswith("cuda") else []
@@ -122,8 +156,8 @@ def parse_args(argv=None):
     args.focus_batch_size = args.focus_batch_size or max(args.batch_sizes)
     if min(args.batch_sizes + [args.focus_batch_size, args.resolution_batch_size]) < 1:
         p.error("Batch sizes must be positive.")
-    if min(args.warmup, args.windows, args.phase_steps, args.sample_repeats) < 1:
-        p.error("--warmup, --windows, --phase_steps and --sample_repeats must be at least 1.")
+    if min(args.warmup, args.windows, args.phase_steps, args.sample_repeats, args.diffusers_rounds) < 1:
+        p.error("--warmup, --windows, --phase_steps, --sample_repeats and --diffusers_rounds must be at least 1.")
     return args
 
 
@@ -210,10 +244,12 @@ class Workload:
         self.images = toy_images(num_images)
         self.accelerator = Accelerator(cpu=device.type == "cpu")
 
-    def batches(self, resolution: int, cached: bool, batch_size: int, num_workers: int = 0, pin_memory: bool = False):
+    def batches(self, resolution: int, cached: bool, batch_size: int, num_workers: int = 0, pin_memory: bool = False, in_memory: bool = False):
         dataset = build_or_load_cache(
             self.accelerator, self.images, self.encoders, self.cache_dir, resolution=resolution, no_cache=not cached
         )
+        if in_memory:
+            dataset.load_into_memory()
         return Batches(dataset, self.encoders, batch_size, self.device, num_workers, pin_memory)
 
 
@@ -257,13 +293,13 @@ class PhaseTimer:
 
     def start(self):
         synchronize(self.device)
-        self.current, self.last = {}, time.perf_counter()
+        self.current, self.last = {}, now()
 
     def mark(self, phase: str):
         synchronize(self.device)
-        now = time.perf_counter()
-        self.current[phase] = self.current.get(phase, 0.0) + now - self.last
-        self.last = now
+        mark = now()
+        self.current[phase] = self.current.get(phase, 0.0) + mark - self.last
+        self.last = mark
 
     def stop(self):
         self.steps.append(self.current)
@@ -279,7 +315,7 @@ class _NoTimer:
 
 
 class TrainingStep:
-    """train.py's step on a fresh ELBO (vdl method, power spherical posterior, clip prior), with options.
+    """train.py's step on a fresh ELBO (vdl method, power spherical posterior, clip prior; or another ``method``), with options.
 
     Options are the optimisations under test: ``autocast`` dtype, ``channels_last``, AdamW's
     ``foreach``/``fused``, ``ema_foreach``, the attention processor and ``torch.compile``.
@@ -288,17 +324,17 @@ class TrainingStep:
     def __init__(
         self, encoders: FrozenEncoders, preset: str, resolution: int, device: torch.device, *,
         autocast: torch.dtype | None = None, channels_last: bool = False, adamw: dict | None = None,
-        ema_foreach: bool = False, attention: str = "sdpa", compile: bool = False, seed: int = 0,
+        ema_foreach: bool = False, attention: str = "sdpa", compile: bool = False, seed: int = 0, method: str = "vdl",
     ):
         torch.manual_seed(seed)
         unet = build_unet(
             preset, encoders.embedding_dim, encoders.latent_channels, sample_size=resolution // encoders.vae_scale_factor
         )
         unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
-        posterior = TextEmbeddingPosterior(encoders.embedding_dim, encoders.feature_dim)
-        prior = build_prior("clip", encoders.embedding_dim)
+        posterior = TextEmbeddingPosterior(encoders.embedding_dim, encoders.feature_dim) if method == "vdl" else None
+        prior = build_prior("clip", encoders.embedding_dim) if method == "vdl" else None
         scheduler = build_noise_scheduler()
-        self.elbo = ELBO(unet, scheduler, method="vdl", posterior=posterior, prior=prior).to(device).train()
+        self.elbo = ELBO(unet, scheduler, method=method, posterior=posterior, prior=prior, captions=False).to(device).train()
         if channels_last:
             unet.to(memory_format=torch.channels_last)
         self.parameters = [p for p in self.elbo.parameters() if p.requires_grad]
@@ -351,11 +387,11 @@ class TrainingStep:
 def timed_steps(step: TrainingStep, batches, count: int, device: torch.device) -> float:
     """Seconds per step over ``count`` steps, the device synchronised only at the ends."""
     synchronize(device)
-    start = time.perf_counter()
+    start = now()
     for _ in range(count):
         step(batches)
     synchronize(device)
-    return (time.perf_counter() - start) / count
+    return (now() - start) / count
 
 
 def warm_up(step, batches, args, device) -> tuple[int, float]:
@@ -365,31 +401,73 @@ def warm_up(step, batches, args, device) -> tuple[int, float]:
     return max(1, round(args.window_s / last)), first
 
 
-def flops_per_step(step: TrainingStep, batches) -> float:
-    counter = FlopCounterMode(display=False)
+def _attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """QKᵀ and AV of one attention call: ``2·B·heads·L·S·(d + d_v)``."""
+    return sdpa_flop_count(query, key, value)
+
+
+def _attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """Twice the forward (the gradients of both matmuls' inputs), as model FLOPs count it: no recomputation."""
+    return 2 * sdpa_flop_count(query, key, value)
+
+
+# FlopCounterMode counts the GPU attention kernels but not the CPU's (torch 2.13): these fill the gap, and
+# count every backward as twice its forward, so that the CPU and the GPU count the same model FLOPs.
+ATTENTION_FLOPS = {
+    op: formula
+    for name, formula in [
+        ("_scaled_dot_product_flash_attention_for_cpu", _attention_flops),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", _attention_backward_flops),
+        ("_scaled_dot_product_flash_attention_backward", _attention_backward_flops),
+        ("_scaled_dot_product_efficient_attention_backward", _attention_backward_flops),
+        ("_scaled_dot_product_cudnn_attention_backward", _attention_backward_flops),
+    ]
+    if (op := getattr(torch.ops.aten, name, None)) is not None
+}
+
+
+def count_flops(fn) -> float:
+    """FLOPs of ``fn()``: FlopCounterMode's, with attention counted on every device."""
+    counter = FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS)
     with counter:
-        step(batches)
+        fn()
     return float(counter.get_total_flops())
+
+
+def flops_per_step(step: TrainingStep, batches) -> float:
+    return count_flops(lambda: step(batches))
+
+
+class Gemm:
+    """An n×n×n GEMM whose rate is MFU's denominator, timed on the same clock and threads as the steps."""
+
+    def __init__(self, n: int, dtype: torch.dtype, device: torch.device):
+        self.n, self.device = n, device
+        self.a, self.b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        self.a @ self.b  # warm-up
+
+    def flops_per_s(self, repeats: int) -> float:
+        """The median rate over ``repeats`` GEMMs."""
+        times = []
+        for _ in range(repeats):
+            synchronize(self.device)
+            start = now()
+            self.a @ self.b
+            synchronize(self.device)
+            times.append(now() - start)
+        return 2 * self.n**3 / statistics.median(times)
 
 
 def peak_matmul_flops(n: int, dtype: torch.dtype, device: torch.device, repeats: int) -> float:
     """FLOP/s of an n×n×n GEMM, median of ``repeats`` after one warm-up."""
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    times = []
-    for _ in range(repeats + 1):
-        synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times[1:])
+    return Gemm(n, dtype, device).flops_per_s(repeats)
 
 
 # --------------------------------------------------------------------------------------------------
 # Sections
 
 
-def benchmark_training(args, encoders, workload, device, peak_flops) -> tuple[list[dict], dict]:
+def benchmark_training(args, encoders, workload, device) -> tuple[list[dict], dict]:
     """A row per preset × cache on/off × batch size; and the profile of the focus setting."""
     rows, profile = [], None
     for preset in args.presets:
@@ -398,7 +476,7 @@ def benchmark_training(args, encoders, workload, device, peak_flops) -> tuple[li
             for batch_size in args.batch_sizes:
                 log(f"training: {preset}, batch {batch_size}, {'cached' if cached else 'encoders in the loop'}")
                 focus = cached and (preset, batch_size) == (args.focus_preset, args.focus_batch_size)
-                rows.append(measure_training(args, encoders, workload, device, peak_flops, preset, resolution, cached, batch_size, focus))
+                rows.append(measure_training(args, encoders, workload, device, preset, resolution, cached, batch_size, focus))
                 profile = rows[-1].pop("profile", profile)
     return rows, profile
 
@@ -407,15 +485,23 @@ def native_resolution(preset: str, encoders: FrozenEncoders) -> int:
     return UNET_PRESETS[preset]["sample_size"] * encoders.vae_scale_factor
 
 
-def measure_training(args, encoders, workload, device, peak_flops, preset, resolution, cached, batch_size, profile=False):
+def measure_training(args, encoders, workload, device, preset, resolution, cached, batch_size, profile=False):
     """Throughput over timed windows, FLOPs of one step, peak memory, the time per phase; optionally a profile."""
     batches = workload.batches(resolution, cached, batch_size)
     step = TrainingStep(encoders, preset, resolution, device)
+    gemm = Gemm(args.gemm_size, torch.float32, device)
     reset_peak_memory(device)
     steps_per_window, _ = warm_up(step, batches, args, device)
-    step_s = statistics.median(timed_steps(step, batches, steps_per_window, device) for _ in range(args.windows))
+    # MFU round by round: a GEMM, then a window of steps, on one clock; a change in load hits both.
+    peaks, seconds = [], []
+    for _ in range(args.windows):
+        peaks.append(gemm.flops_per_s(args.gemm_repeats))
+        seconds.append(timed_steps(step, batches, steps_per_window, device))
+    del gemm
+    step_s = statistics.median(seconds)
     memory = peak_memory_mib(device)
     flops = flops_per_step(step, batches)
+    mfus = [flops / s / peak for s, peak in zip(seconds, peaks)]
     timer = PhaseTimer(device)
     with step.phases(timer):
         for _ in range(args.phase_steps):
@@ -425,7 +511,8 @@ def measure_training(args, encoders, workload, device, peak_flops, preset, resol
     row = {
         "preset": preset, "resolution": resolution, "cached": cached, "batch_size": batch_size,
         "images_per_s": batch_size / step_s, "step_ms": 1e3 * step_s, "steps_timed": args.windows * steps_per_window,
-        "gflop_per_step": flops / 1e9, "achieved_gflops": flops / step_s / 1e9, "mfu": flops / step_s / peak_flops,
+        "gflop_per_step": flops / 1e9, "achieved_gflops": flops / step_s / 1e9,
+        "mfu": statistics.median(mfus), "mfu_min": min(mfus), "mfu_max": max(mfus), "peak_gflops_in_rounds": statistics.median(peaks) / 1e9,
         "peak_memory_mib": memory,
         "phases_ms": phases_ms, "phases_pct": {phase: 100 * ms / total for phase, ms in phases_ms.items()},
     }
@@ -476,10 +563,10 @@ def benchmark_sampling(args, pipeline, device):
 
     def timed(fn) -> float:
         synchronize(device)
-        start = time.perf_counter()
+        start = now()
         fn()
         synchronize(device)
-        return time.perf_counter() - start
+        return now() - start
 
     def unet_calls(z, t, calls_per_step):
         for s in scheduler.timesteps:
@@ -525,7 +612,7 @@ def benchmark_sampling(args, pipeline, device):
     return rows
 
 
-def benchmark_scaling(args, encoders, workload, device, peak_flops, training_rows):
+def benchmark_scaling(args, encoders, workload, device, training_rows):
     by_batch = [
         {k: r[k] for k in ("preset", "cached", "batch_size", "step_ms", "images_per_s", "peak_memory_mib")}
         for r in training_rows
@@ -533,10 +620,8 @@ def benchmark_scaling(args, encoders, workload, device, peak_flops, training_row
     by_resolution = []
     for resolution in args.resolutions:
         log(f"scaling: {args.focus_preset}, batch {args.resolution_batch_size}, {resolution}×{resolution}")
-        row = measure_training(
-            args, encoders, workload, device, peak_flops, args.focus_preset, resolution, True, args.resolution_batch_size
-        )
-        by_resolution.append({k: row[k] for k in ("preset", "resolution", "batch_size", "step_ms", "images_per_s", "gflop_per_step", "mfu", "peak_memory_mib")})
+        row = measure_training(args, encoders, workload, device, args.focus_preset, resolution, True, args.resolution_batch_size)
+        by_resolution.append({k: row[k] for k in ("preset", "resolution", "batch_size", "step_ms", "images_per_s", "gflop_per_step", "mfu", "mfu_min", "mfu_max", "peak_memory_mib")})
         by_resolution[-1]["latent_side"] = resolution // encoders.vae_scale_factor
     return {"batch_size": by_batch, "resolution": by_resolution}
 
@@ -588,6 +673,105 @@ def benchmark_optimisations(args, encoders, workload, device, peaks, training_ro
     return rows
 
 
+class KandinskyDecoderStep:
+    """A re-creation of the step of diffusers' Kandinsky 2.2 decoder training script
+    (``examples/kandinsky2_2/text_to_image/train_text_to_image_decoder.py``, with ``--use_ema``), on
+    train.py's UNet, optimiser and batch, so that only the loop differs.
+
+    Per batch, as the script does: its data loader's pixels, the VAE's latents and the CLIP image
+    encoder's ``image_embeds`` (no gradient), noise, a uniform timestep, ``add_noise``, the UNet on
+    ``added_cond_kwargs={"image_embeds": ...}``, the MSE to the noise, ``loss.item()`` for the running
+    log, backward, gradient clipping, AdamW, EMA. ``precomputed``: the same loop on latents and
+    embeddings encoded once and held in memory, batches by indexing them, what one writes by hand.
+    """
+
+    def __init__(self, encoders: FrozenEncoders, images: datasets.Dataset, preset: str, resolution: int, batch_size: int,
+                 device: torch.device, precomputed: bool = False, seed: int = 0):
+        torch.manual_seed(seed)
+        self.unet = build_unet(preset, encoders.embedding_dim, encoders.latent_channels, sample_size=resolution // encoders.vae_scale_factor)
+        self.unet.to(device).train()
+        self.scheduler = build_noise_scheduler()
+        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=3e-4, weight_decay=1e-2)
+        self.ema = EMAModel(self.unet.parameters(), decay=0.999)
+        self.ema.to(device)
+        self.encoders, self.batch_size, self.device, self.train_loss = encoders, batch_size, device, 0.0
+        transform = ImageTransform(resolution)
+        self.loader = torch.utils.data.DataLoader(ImageDataset(images, transform), batch_size=batch_size, shuffle=True, drop_last=True)
+        self._batches = self._forever()
+        self.precomputed = None
+        if precomputed:
+            with torch.no_grad():
+                encoded = [self.encode(batch["pixel_values"].to(device)) for batch in self.loader]
+            self.precomputed = tuple(torch.cat(column) for column in zip(*encoded))
+
+    def _forever(self):
+        while True:
+            yield from self.loader
+
+    @torch.no_grad()
+    def encode(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        vae, image_encoder = self.encoders.vae, self.encoders.image_encoder
+        latents = vae.encode(pixel_values).latent_dist.sample() * vae.config.scaling_factor
+        return latents, image_encoder(pixel_values=self.encoders.clip_pixels(pixel_values)).image_embeds
+
+    def __call__(self, _=None):
+        if self.precomputed is None:
+            latents, image_embeds = self.encode(next(self._batches)["pixel_values"].to(self.device, non_blocking=True))
+        else:
+            index = torch.randint(len(self.precomputed[0]), (self.batch_size,), device=self.device)
+            latents, image_embeds = (tensor[index] for tensor in self.precomputed)
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device).long()
+        noisy_latents = self.scheduler.add_noise(latents, noise, timesteps)
+        prediction = self.unet(noisy_latents, timesteps, None, added_cond_kwargs={"image_embeds": image_embeds}).sample
+        loss = torch.nn.functional.mse_loss(prediction.float(), noise.float(), reduction="mean")
+        self.train_loss += loss.item()  # the script's running log: a host sync every step
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.step(self.unet.parameters())
+
+
+def benchmark_against_diffusers(args, encoders, workload, device) -> list[dict]:
+    """train.py's step (cache memory-mapped, and held in RAM; VDL, and the ``image`` method that does the
+    loop's work) against diffusers' Kandinsky 2.2 decoder loop, with its encoders in the step and with
+    their outputs precomputed: windows in a round robin, ratios per round."""
+    batch_size, rows = args.diffusers_batch_size, []
+    for preset in args.diffusers_presets:
+        resolution = native_resolution(preset, encoders)
+        where = f"{preset}, batch {batch_size}"
+        variants = {
+            "train.py": (TrainingStep(encoders, preset, resolution, device), workload.batches(resolution, True, batch_size)),
+            "train.py, --cache_in_memory": (TrainingStep(encoders, preset, resolution, device), workload.batches(resolution, True, batch_size, in_memory=True)),
+            # The same work as diffusers' loop (the UNet on y, no posterior): what the loop itself costs.
+            "train.py, --method image": (TrainingStep(encoders, preset, resolution, device, method="image"), workload.batches(resolution, True, batch_size)),
+            "diffusers' loop": (KandinskyDecoderStep(encoders, workload.images, preset, resolution, batch_size, device), None),
+            "diffusers' loop, precomputed": (KandinskyDecoderStep(encoders, workload.images, preset, resolution, batch_size, device, precomputed=True), None),
+        }
+        runs = {}
+        for name, (step, batches) in variants.items():
+            log(f"diffusers: warming up {name} ({where})")
+            runs[name] = {"step": step, "batches": batches, "steps_per_window": warm_up(step, batches, args, device)[0], "seconds": []}
+        log(f"diffusers: {args.diffusers_rounds} round(s) of windows ({where})")
+        for _ in range(args.diffusers_rounds):
+            for run in runs.values():
+                run["seconds"].append(timed_steps(run["step"], run["batches"], run["steps_per_window"], device))
+        ours = runs["train.py"]["seconds"]
+        for name, run in runs.items():
+            speedups = [theirs / mine for theirs, mine in zip(run["seconds"], ours)]  # > 1: train.py is faster
+            rows.append({
+                "preset": preset, "batch_size": batch_size, "variant": name, "step_ms": 1e3 * statistics.median(run["seconds"]),
+                "images_per_s": batch_size / statistics.median(run["seconds"]), "round_ms": [1e3 * s for s in run["seconds"]],
+                "train_py_speedup": statistics.median(speedups), "train_py_speedup_min": min(speedups), "train_py_speedup_max": max(speedups),
+            })
+        # The loop alone: train.py doing diffusers' work (--method image) against the hand-written loop on precomputed tensors.
+        same_work = [theirs / mine for theirs, mine in zip(runs["diffusers' loop, precomputed"]["seconds"], runs["train.py, --method image"]["seconds"])]
+        image_row = next(row for row in rows[-len(runs):] if row["variant"] == "train.py, --method image")
+        image_row.update(same_work_speedup=statistics.median(same_work), same_work_speedup_min=min(same_work), same_work_speedup_max=max(same_work))
+    return rows
+
+
 def optimisation_row(name, variant, where, baseline, value, unit, lower_is_better=False) -> dict:
     return {"optimisation": name, "variant": variant, "setting": where, "baseline_value": baseline, "variant_value": value,
             "unit": unit, "speedup": baseline / value if lower_is_better else value / baseline}
@@ -606,13 +790,15 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
         ("machine", "load average", " / ".join(f"{x:.1f}" for x in m["load_average_start"]), "1/5/15 min",
          "at the end: " + " / ".join(f"{x:.1f}" for x in m["load_average_end"])),
     ]
+    rows.append(("machine", "clock", m["clock"], "", "process CPU time" if m["clock"] == "cpu" else "wall time, device synchronised"))
     for dtype, peak in results["peak_matmul"].items():
         rows.append(("peak", f"{dtype} GEMM {peak['size']}³", f"{peak['gflops']:.1f}", "GFLOP/s", "median of repeats"))
-    for r in results["training"]:
+    for r in results.get("training", []):
         setting = f"{r['preset']} b={r['batch_size']} {'cached' if r['cached'] else 'uncached'}"
         rows.append(("training", setting, f"{r['images_per_s']:.1f}", "img/s",
                      f"step {r['step_ms']:.1f} ms, {r['gflop_per_step']:.2f} GFLOP, {r['achieved_gflops']:.1f} GFLOP/s, "
-                     f"MFU {100 * r['mfu']:.1f}%, peak {r['peak_memory_mib']:.0f} MiB"))
+                     f"MFU {100 * r['mfu']:.1f}% [{100 * r['mfu_min']:.1f}–{100 * r['mfu_max']:.1f}] of {r['peak_gflops_in_rounds']:.1f} GFLOP/s, "
+                     f"peak {r['peak_memory_mib']:.0f} MiB"))
         feed = r["phases_pct"]["data wait"] + r["phases_pct"].get("encoders", 0.0)
         rows.append(("training", "  time split", f"{feed:.1f}", "% data+enc",
                      ", ".join(f"{phase} {pct:.0f}%" for phase, pct in r["phases_pct"].items())))
@@ -621,23 +807,31 @@ def table_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
         rows.append(("profile", f"{p['preset']} b={p['batch_size']} cached", f"{p['matmul_conv_pct']:.1f}", "% in mm/conv",
                      f"{p['matmul_conv_gflops']:.1f} GFLOP/s inside mm/conv ops; op time {p['op_time_ms_per_step']:.0f} ms/step"))
         rows.append(("profile", "  top ops", "", "", ", ".join(f"{o['op']} {o['pct']:.0f}%" for o in p["top_ops"])))
-    for r in results["sampling"]:
+    for r in results.get("sampling", []):
         parts = ", ".join(f"{name} {ms:.1f}" for name, ms in r["parts_ms"].items())
         rows.append(("sampling", f"{r['batch_size']} image(s), {r['inference_steps']} steps, CFG", f"{r['pipeline_ms']:.1f}", "ms",
                      f"sum of parts {r['sum_of_parts_ms']:.1f} ms ({parts}); overhead {r['overhead_pct']:.1f}%"))
         rows.append(("sampling", "  unbatched CFG", f"{r['unet_unbatched_cfg_ms']:.1f}", "ms UNet",
                      f"batched CFG is {r['batched_cfg_speedup']:.2f}× faster"))
-    for r in results["scaling"]["resolution"]:
+    for r in results.get("scaling", {}).get("resolution", []):
         rows.append(("scaling", f"{r['preset']} b={r['batch_size']} {r['resolution']}px (latent {r['latent_side']})",
                      f"{r['step_ms']:.1f}", "ms/step",
-                     f"{r['images_per_s']:.1f} img/s, {r['gflop_per_step']:.2f} GFLOP, MFU {100 * r['mfu']:.1f}%, peak {r['peak_memory_mib']:.0f} MiB"))
-    for r in results["optimisations"]:
+                     f"{r['images_per_s']:.1f} img/s, {r['gflop_per_step']:.2f} GFLOP, MFU {100 * r['mfu']:.1f}% "
+                     f"[{100 * r['mfu_min']:.1f}–{100 * r['mfu_max']:.1f}], peak {r['peak_memory_mib']:.0f} MiB"))
+    for r in results.get("optimisations", []):
         detail = f"{r['variant']}: {r['baseline_value']:.2f} → {r['variant_value']:.2f} {r['unit']} ({r['setting']})"
         if "compile_s" in r:
             detail += f"; compile {r['compile_s']:.1f} s"
         if "mfu_vs_bf16_peak" in r:
             detail += f"; MFU against the bf16 peak {100 * r['mfu_vs_bf16_peak']:.1f}%"
         rows.append(("optimisation", r["optimisation"], f"{r['speedup']:.2f}", "× speed", detail))
+    for r in results.get("diffusers", []):
+        ratio = f"{r['train_py_speedup']:.2f}" if r["variant"] != "train.py" else "1"
+        detail = f"[{r['train_py_speedup_min']:.2f}–{r['train_py_speedup_max']:.2f}] over rounds; {r['step_ms']:.1f} ms/step, {r['images_per_s']:.1f} img/s"
+        if "same_work_speedup" in r:
+            detail += (f"; against diffusers' loop on precomputed tensors (the same work): {r['same_work_speedup']:.2f}× "
+                       f"[{r['same_work_speedup_min']:.2f}–{r['same_work_speedup_max']:.2f}] faster")
+        rows.append(("diffusers", f"{r['preset']} b={r['batch_size']}: {r['variant']}", ratio, "× (train.py faster if > 1)", detail))
     return rows
 
 
@@ -667,25 +861,32 @@ def main(argv=None) -> dict:
 
 
 def run(args) -> dict:
+    global _clock
     device = torch.device(args.device)
+    _clock = CLOCKS[args.clock]
     torch.manual_seed(0)
     encoders, encoders_name = load_encoders(device)
-    results = {"machine": machine_info(device, encoders_name), "arguments": vars(args)}
+    results = {"machine": {**machine_info(device, encoders_name), "clock": args.clock}, "arguments": vars(args)}
     log(f"{results['machine']['device']}; encoders: {encoders_name}")
 
     dtypes = [torch.float32] + ([torch.bfloat16] if "bf16_autocast" in args.optimisations else [])
     peaks = {str(dtype).removeprefix("torch."): peak_matmul_flops(args.gemm_size, dtype, device, args.gemm_repeats) for dtype in dtypes}
     results["peak_matmul"] = {dtype: {"size": args.gemm_size, "gflops": flops / 1e9} for dtype, flops in peaks.items()}
-    num_images = 2 * max(args.batch_sizes + [args.focus_batch_size, args.resolution_batch_size])
+    num_images = 2 * max(args.batch_sizes + [args.focus_batch_size, args.resolution_batch_size, args.diffusers_batch_size])
     with tempfile.TemporaryDirectory() as cache_dir:
         workload = Workload(encoders, num_images, cache_dir, device)
-        results["training"], results["profile"] = benchmark_training(args, encoders, workload, device, peaks["float32"])
-        pipeline = build_pipeline(encoders, args.focus_preset, device)
-        results["sampling"] = benchmark_sampling(args, pipeline, device)
-        results["scaling"] = benchmark_scaling(args, encoders, workload, device, peaks["float32"], results["training"])
-        results["optimisations"] = benchmark_optimisations(
-            args, encoders, workload, device, peaks, results["training"], results["sampling"]
-        )
+        if "training" in args.sections:
+            results["training"], results["profile"] = benchmark_training(args, encoders, workload, device)
+        if "sampling" in args.sections:
+            results["sampling"] = benchmark_sampling(args, build_pipeline(encoders, args.focus_preset, device), device)
+        if "scaling" in args.sections:
+            results["scaling"] = benchmark_scaling(args, encoders, workload, device, results.get("training", []))
+        if "optimisations" in args.sections:
+            results["optimisations"] = benchmark_optimisations(
+                args, encoders, workload, device, peaks, results.get("training", []), results.get("sampling", [])
+            )
+        if "diffusers" in args.sections:
+            results["diffusers"] = benchmark_against_diffusers(args, encoders, workload, device)
     results["machine"]["load_average_end"] = list(os.getloadavg())
 
     print(format_table(table_rows(results)))

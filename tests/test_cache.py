@@ -15,10 +15,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPImageProcessor
 
+import vdl_diffusion.cache as cache_module
 from vdl_diffusion.cache import (
     METADATA,
     CachedEmbeddingDataset,
-    _encode_shard,
+    _encode_shards,
     _write_metadata,
     build_or_load_cache,
     cache_settings,
@@ -231,21 +232,24 @@ def test_a_half_written_cache_is_rebuilt_not_read(accelerator, dataset, encoders
         shard.write_bytes(b"garbage")
     image_calls.clear()
     rebuilt = build(accelerator, dataset, encoders, tmp_path)
-    assert image_calls
+    # Killed while writing the marker: every shard is whole and is kept. Otherwise the garbage one is encoded again.
+    assert bool(image_calls) == (damage != "temporary_files")
     assert rebuilt.folder == folder
     torch.testing.assert_close(rebuilt[3]["y"], reference)
     assert not list(folder.glob(".*.tmp"))
 
 
-def test_shards_from_several_processes_merge_into_one_dataset(accelerator, dataset, encoders, shared_cache_dir, tmp_path):
+def test_shards_from_several_processes_merge_into_one_dataset(accelerator, dataset, encoders, shared_cache_dir, tmp_path, monkeypatch):
     single = build(accelerator, dataset, encoders, shared_cache_dir)
     folder = tmp_path / "sharded"
     folder.mkdir()
     images = ImageDataset(dataset, ImageTransform(RESOLUTION), caption_column="text", caption_fraction=0.5, seed=0)
+    monkeypatch.setattr(cache_module, "SHARD_ROWS", 4)  # blocks 0-3, 4-7, 8-9: one per process
+    settings = {**single.settings, "random_flip": False}
     for rank in range(3):
         process = SimpleNamespace(process_index=rank, num_processes=3, is_local_main_process=rank == 0)
-        _encode_shard(process, images, encoders, folder, random_flip=False, batch_size=2, num_workers=0)
-    _write_metadata(folder, {**single.settings, "random_flip": False})
+        _encode_shards(process, images, encoders, folder, random_flip=False, batch_size=2, num_workers=0, settings=settings)
+    _write_metadata(folder, settings)
     sharded = CachedEmbeddingDataset(folder)
     assert len(sharded.shards) == 3 and len(sharded) == NUM_IMAGES
     for i in range(NUM_IMAGES):
@@ -294,3 +298,109 @@ def test_each_clip_tower_loads_quietly_and_a_missing_weight_fails(model_paths, t
     save_file(weights, clip_dir / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"visual_projection\.weight.*projection heads"):
         FrozenEncoders.from_pretrained(str(clip_dir), model_paths["vae"])
+
+
+# --- Batched reads, in-memory mode, shards of SHARD_ROWS images, resumed builds -------------------
+
+
+@pytest.fixture
+def small_shards(monkeypatch):
+    """Shards of 4 images: the 10 test images make three (4, 4, 2)."""
+    monkeypatch.setattr(cache_module, "SHARD_ROWS", 4)
+
+
+def assert_identical(batch, reference):
+    assert batch.keys() == reference.keys()
+    for key in reference:
+        assert batch[key].dtype == reference[key].dtype and torch.equal(batch[key], reference[key]), key
+
+
+def test_batched_and_in_memory_reads_equal_row_by_row_reads(accelerator, dataset, encoders, tmp_path, small_shards):
+    cache = build(accelerator, dataset, encoders, tmp_path)
+    assert len(cache.shards) == 3
+    indices = torch.randperm(NUM_IMAGES, generator=torch.Generator().manual_seed(0)).tolist()
+    reference = torch.utils.data.default_collate([cache[i] for i in indices])  # one get_slice per tensor and row
+    assert_identical(torch.utils.data.default_collate(cache.__getitems__(indices)), reference)
+    assert_identical(torch.utils.data.default_collate(cache.__getitems__(indices[:3])), {k: v[:3] for k, v in reference.items()})
+
+    memory = CachedEmbeddingDataset(cache.folder)
+    assert not memory.load_into_memory(budget_bytes=100)  # does not fit: stays memory-mapped
+    assert memory.load_into_memory()
+    assert_identical(torch.utils.data.default_collate(memory.__getitems__(indices)), reference)
+    assert_identical(torch.utils.data.default_collate([memory[i] for i in indices]), reference)
+    assert_identical(pickle.loads(pickle.dumps(memory))[indices[0]], cache[indices[0]])
+
+
+def test_the_data_loader_reads_a_batch_with_one_gather_not_row_by_row(accelerator, dataset, encoders, tmp_path, small_shards, monkeypatch):
+    cache = build(accelerator, dataset, encoders, tmp_path)
+    reference = [torch.utils.data.default_collate([cache[i] for i in range(start, start + 5)]) for start in (0, 5)]
+    monkeypatch.setattr(CachedEmbeddingDataset, "_file", lambda *_: pytest.fail("read row by row"))
+    for batch, expected in zip(torch.utils.data.DataLoader(cache, batch_size=5), reference):
+        assert_identical(batch, expected)
+
+
+def test_a_build_writes_each_shard_when_its_block_is_encoded(accelerator, dataset, encoders, tmp_path, small_shards, monkeypatch):
+    """The memory bound: a build never holds more than one block of SHARD_ROWS images."""
+    events = []
+    save_file = cache_module.save_file
+    monkeypatch.setattr(cache_module, "save_file", lambda shard, path, **kw: events.append(len(shard["index"])) or save_file(shard, path, **kw))
+    encode_images = encoders.encode_images
+    monkeypatch.setattr(encoders, "encode_images", lambda pixels: events.append("encode") or encode_images(pixels))
+    build(accelerator, dataset, encoders, tmp_path, batch_size=2)
+    assert events == ["encode", "encode", 4, "encode", "encode", 4, "encode", 2]
+
+
+def test_a_killed_build_resumes_from_its_finished_shards(accelerator, dataset, encoders, tmp_path, small_shards, monkeypatch):
+    straight = build(accelerator, dataset, encoders, tmp_path / "straight", center_crop=False)
+    encode_images, calls = encoders.encode_images, []
+
+    def killed_in_the_second_block(pixel_values):
+        calls.append(len(pixel_values))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return encode_images(pixel_values)
+
+    monkeypatch.setattr(encoders, "encode_images", killed_in_the_second_block)
+    with pytest.raises(KeyboardInterrupt):
+        build(accelerator, dataset, encoders, tmp_path / "resumed", center_crop=False)
+    folder = next(path for path in (tmp_path / "resumed").iterdir() if path.is_dir())
+    assert [path.name for path in folder.glob("shard-*")] == ["shard-00000-of-00003.safetensors"]
+    calls.clear()
+    monkeypatch.setattr(encoders, "encode_images", lambda pixel_values: calls.append(len(pixel_values)) or encode_images(pixel_values))
+    resumed = build(accelerator, dataset, encoders, tmp_path / "resumed", center_crop=False)
+    assert calls == [4, 2]  # blocks 1 and 2 only
+    # Random crops are seeded per block: the resumed cache is the straight one, row for row.
+    assert_identical(
+        torch.utils.data.default_collate(resumed.__getitems__(list(range(NUM_IMAGES)))),
+        torch.utils.data.default_collate(straight.__getitems__(list(range(NUM_IMAGES)))),
+    )
+
+
+def test_a_shard_of_other_settings_or_block_size_is_encoded_again(accelerator, dataset, encoders, tmp_path, small_shards, monkeypatch, image_calls):
+    cache = build(accelerator, dataset, encoders, tmp_path)
+    folder = cache.folder
+    shard = folder / "shard-00001-of-00003.safetensors"
+    tensors = load_file(shard)
+    save_file(tensors, shard, metadata={"settings": "{}"})  # encoded with other settings
+    save_file(tensors, folder / "shard-00000-of-00002.safetensors")  # from a build with another block size
+    (folder / METADATA).unlink()
+    image_calls.clear()
+    rebuilt = build(accelerator, dataset, encoders, tmp_path)
+    assert len(image_calls) == 1  # block 1 only, in one batch of 4
+    assert sorted(path.name for path in folder.iterdir()) == [METADATA, *(f"shard-0000{k}-of-00003.safetensors" for k in range(3))]
+    assert len(rebuilt) == NUM_IMAGES
+
+
+def test_text_bank_candidates_are_read_a_batch_at_a_time(accelerator, dataset, encoders, tmp_path, small_shards):
+    from vdl_diffusion.priors import TextBankPrior
+    from vdl_diffusion.testing_utils import CORPUS
+    from vdl_diffusion.text_bank import with_bank_candidates
+
+    cache = build(accelerator, dataset, encoders, tmp_path)
+    candidates = with_bank_candidates(cache, TextBankPrior.from_texts(CORPUS, encoders.encode_text, top_k=6))
+    rows = np.load(candidates.path)
+    indices = [7, 2, 9, 0]
+    batch = torch.utils.data.default_collate(candidates.__getitems__(indices))
+    assert_identical({k: v for k, v in batch.items() if not k.startswith("bank_")}, torch.utils.data.default_collate([cache[i] for i in indices]))
+    assert torch.equal(batch["bank_index"], torch.from_numpy(rows["index"][indices].astype(np.int64)))
+    assert torch.equal(batch["bank_logits"], torch.from_numpy(rows["logit"][indices]))

@@ -68,6 +68,24 @@ def test_log_bessel_iv_gradient_is_the_bessel_ratio():
         torch.testing.assert_close(grad, torch.tensor(reference, dtype=torch.float64), rtol=1e-10, atol=0)
 
 
+def test_log_bessel_iv_selects_its_branches_without_a_host_sync_and_with_finite_gradients():
+    """Every branch is evaluated and ``torch.where`` picks one per element: Dynamo traces it as one graph
+    (a boolean mask, ``.any()`` or ``.item()`` would break it), and the discarded branches, fed safe
+    stand-ins, put no nan into the gradient, for a tensor order and for a Python one (``D/2 - 1``)."""
+    nu = torch.tensor([0.0, 7.0, 14.5, 15.0, 383.0], dtype=torch.float64)[:, None]
+    x = torch.tensor([0.0, 1e-8, 2.5, 50.0, 51.0, 1e3, 1e5], dtype=torch.float64, requires_grad=True)
+
+    def both_orders(x):
+        return log_bessel_iv(nu, x).sum() + vmf_log_normalizer(768, x).sum() + mean_resultant_length(8, x).sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: vmf_log_normalizer(768, x) + mean_resultant_length(8, x), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), vmf_log_normalizer(768, x) + mean_resultant_length(8, x), rtol=1e-12, atol=0)
+    torch._dynamo.reset()
+    (grad,) = torch.autograd.grad(both_orders(x), x)
+    assert torch.isfinite(grad[1:]).all()  # at x = 0 the term ν log(x/2) of a positive order is -inf
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_log_bessel_iv_is_finite_on_the_whole_grid_and_keeps_dtype(dtype):
     nu = torch.tensor([d / 2 - 1 for d in DIMS], dtype=dtype)[:, None]

@@ -119,6 +119,11 @@ def test_learned_prior_learns_from_captions_but_not_from_the_kl():
 
 def test_supervised_needs_every_caption():
     with pytest.raises(ValueError, match="supervised"):
+        condition("supervised", batch())  # no captions at all: known on the host
+    with pytest.raises(ValueError, match="supervised"):
+        condition("supervised", batch(captions=torch.ones(8, dtype=torch.bool)), captions=False)
+    # A batch with a caption missing fails on the device (torch._assert_async), without a host sync.
+    with pytest.raises(RuntimeError, match="supervised"):
         condition("supervised", batch(captions=torch.tensor([True, False] * 4)))
     b = batch(captions=torch.ones(8, dtype=torch.bool))
     torch.testing.assert_close(condition("supervised", b).t, b["caption_embeds"])
@@ -185,3 +190,55 @@ def test_elbo_rejects_inconsistent_settings():
         ELBO(build_unet("tiny", D), DDPMScheduler(), method="vdl", prior=ClipPrior(D))
     with pytest.raises(ValueError, match="p_uncond"):
         make_elbo("image", p_uncond=1.5)
+
+
+def test_without_captions_the_caption_terms_are_skipped_and_with_them_masked_per_row():
+    has_caption = torch.tensor([True, False] * 4)
+    b = batch(captions=has_caption)
+    posterior = TextEmbeddingPosterior(D, F_DIM, hidden_dim=32)
+    torch.manual_seed(0)
+    ignored = condition("vdl", b, posterior=posterior, prior=ClipPrior(D), captions=False)
+    torch.manual_seed(0)
+    uncaptioned = condition("vdl", {k: v for k, v in b.items() if k not in ("caption_embeds", "has_caption")}, posterior=posterior, prior=ClipPrior(D))
+    torch.testing.assert_close(ignored.t, uncaptioned.t, rtol=0, atol=0)
+    assert (ignored.caption_nll == 0).all() and (ignored.kl > 0).all()
+    # A batch of the captioned run that happens to hold no caption: the same rows as a run without captions.
+    none = batch(captions=torch.zeros(8, dtype=torch.bool))
+    torch.manual_seed(0)
+    masked = condition("vdl", none, posterior=posterior, prior=ClipPrior(D), captions=True)
+    torch.manual_seed(0)
+    skipped = condition("vdl", none, posterior=posterior, prior=ClipPrior(D), captions=False)
+    torch.testing.assert_close(masked.t, skipped.t, rtol=0, atol=0)
+    torch.testing.assert_close(masked.kl, skipped.kl, rtol=0, atol=0)
+    assert (masked.caption_nll == 0).all()
+
+
+def _text_bank_elbo():
+    bank = F.normalize(torch.randn(20, D, generator=torch.Generator().manual_seed(3)), dim=-1)
+    prior = TextBankPrior.from_texts([str(i) for i in range(20)], lambda texts: bank[[int(t) for t in texts]], top_k=8)
+    torch.manual_seed(0)
+    posterior = TextEmbeddingPosterior(D, F_DIM, hidden_dim=32)
+    return ELBO(build_unet("tiny", D), DDPMScheduler(), method="vdl", posterior=posterior, prior=prior, captions=False), prior
+
+
+@pytest.mark.slow  # tracing the UNet takes about 10 s on a loaded 2-core CPU
+@pytest.mark.parametrize("setting", ["clip prior, captions", "learned prior, captions", "text-bank prior, top-k in the batch"])
+def test_the_elbo_forward_compiles_to_one_graph_without_host_syncs(setting, monkeypatch):
+    """``fullgraph=True`` fails on any graph break, and every host sync (``.item()``, ``.any()`` in an
+    ``if``, boolean indexing, a branch on a tensor's value) is one. The ``eager`` backend traces with
+    Dynamo exactly as inductor would, but skips code generation, so the check stays fast."""
+    monkeypatch.setattr(torch.distributions.Distribution, "_validate_args", False)  # as train.py sets it
+    if setting.startswith("text-bank"):
+        elbo, prior = _text_bank_elbo()
+        b = batch()
+        b["bank_logits"], b["bank_index"] = prior.top_k(b["y"])
+    else:
+        elbo = make_elbo(prior=LearnedPrior(D, hidden_dim=16) if setting.startswith("learned") else None)
+        b = batch(captions=torch.tensor([True, False] * 4))
+    torch._dynamo.reset()
+    compiled = torch.compile(elbo, fullgraph=True, backend="eager")
+    loss, logs = compiled(b, beta=0.5)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logs["kl"])
+    assert elbo.posterior.to_loc.weight.grad.abs().sum() > 0
+    torch._dynamo.reset()

@@ -6,16 +6,26 @@ run may see, its text embedding `t*`. A folder under ``cache_dir`` holds one cac
 hash of everything that decides the tensors (dataset, encoder weights, resolution, crop, flip,
 caption settings), so a changed setting never reads a stale cache.
 
-Layout of a cache folder: one ``shard-<process>.safetensors`` per process that encoded images,
-each with the global ``index`` of its rows, and ``metadata.json``, written last, which marks the
-cache complete. Every file is written under a temporary name and moved into place with
-``os.replace``; a folder without a matching ``metadata.json`` (a killed run) is deleted and rebuilt.
+Layout of a cache folder: ``shard-<k>-of-<n>.safetensors``, block ``k`` of the dataset's images
+``[k·SHARD_ROWS, (k+1)·SHARD_ROWS)`` with the global ``index`` of its rows and, in its header, the
+settings it was encoded with; and ``metadata.json``, written last, which marks the cache complete.
+A process encodes every ``num_processes``-th block and writes each as soon as it is full, so a build
+holds one block in memory whatever the dataset's size. Every file is written under a temporary name
+and moved into place with ``os.replace``. A folder without a matching ``metadata.json`` (a killed
+run) is resumed: each block whose shard opens, holds exactly that block's indices and was encoded
+with these settings is kept, every other file is deleted and re-encoded. Random crops are seeded
+per block, so a resumed build (with any number of processes) writes what a straight one would.
 The main process holds a lock on the folder (`vdl_diffusion.files.locked`) while it checks and
 builds, so a second run needing the same cache waits, then reads it, instead of deleting it half-built.
+
+Reading: `CachedEmbeddingDataset` memory-maps the shards and reads a batch's rows with one gather
+per tensor and shard (``__getitems__``, which torch's DataLoader calls with the batch's indices), or
+holds the whole cache in RAM when asked and it fits (`CachedEmbeddingDataset.load_into_memory`).
 """
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from contextlib import nullcontext
@@ -23,11 +33,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import datasets
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import broadcast_object_list
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
@@ -37,7 +48,8 @@ from .files import locked
 
 logger = get_logger(__name__)
 
-CACHE_VERSION = 1  # bump when the stored tensors change meaning
+CACHE_VERSION = 2  # bump when the stored tensors or the layout change (2: shards of SHARD_ROWS images, resumable)
+SHARD_ROWS = 4096  # images per shard file: what a build holds in memory (about 160 MB at 256 px, SD VAE, ViT-L/14)
 METADATA = "metadata.json"
 
 
@@ -57,16 +69,18 @@ def build_or_load_cache(
     batch_size: int = 32,
     num_workers: int = 0,
     no_cache: bool = False,
+    interpolation: str = "bilinear",
 ) -> "CachedEmbeddingDataset | ImageDataset":
     """The training dataset for ``dataset`` (from `load_image_dataset`): its cached embeddings, built if needed.
 
-    Every process encodes every ``num_processes``-th image and writes its shard; the main process
-    then checks that the shards cover the dataset and writes the metadata. Call it on all processes.
+    Every process encodes every ``num_processes``-th block of ``SHARD_ROWS`` images, writing each
+    block's shard as soon as it is encoded (a killed build resumes from them); the main process then
+    checks that the shards cover the dataset and writes the metadata. Call it on all processes.
     With ``no_cache`` it returns the images themselves (an `ImageDataset`) and nothing is cached.
     Either way, ``dataset.prepare_batch(batch, encoders)`` turns a loaded batch into the same keys.
     """
     if no_cache:
-        transform = ImageTransform(resolution, center_crop, random_flip)
+        transform = ImageTransform(resolution, center_crop, random_flip, interpolation)
         return ImageDataset(dataset, transform, image_column, caption_column, caption_fraction, seed)
     settings = cache_settings(
         dataset,
@@ -78,6 +92,7 @@ def build_or_load_cache(
         caption_column=caption_column,
         caption_fraction=caption_fraction,
         seed=seed,
+        interpolation=interpolation,
     )
     folder = Path(cache_dir) / hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     # Only the main process locks: the others follow it through the broadcast and the barriers. They wait
@@ -88,17 +103,15 @@ def build_or_load_cache(
         if complete:
             logger.info(f"Reusing the embedding cache {folder}.")
         else:
-            logger.info(f"Encoding {len(dataset)} images into the embedding cache {folder}.")
+            logger.info(f"Encoding {len(dataset)} images into the embedding cache {folder} (finished shards of a killed build are kept).")
             if accelerator.is_main_process:
-                shutil.rmtree(folder, ignore_errors=True)
-                folder.mkdir(parents=True)
+                _prune(folder, settings)
             accelerator.wait_for_everyone()
-            transform = ImageTransform(resolution, center_crop)  # no flip: both orientations are encoded
+            transform = ImageTransform(resolution, center_crop, interpolation=interpolation)  # no flip: both orientations are encoded
             images = ImageDataset(dataset, transform, image_column, caption_column, caption_fraction, seed)
-            # A private RNG for random crops: building a cache leaves the training run's randomness as it was.
+            # A private RNG for random crops (seeded per block): building a cache leaves the training run's randomness as it was.
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + accelerator.process_index)
-                _encode_shard(accelerator, images, encoders, folder, random_flip, batch_size, num_workers)
+                _encode_shards(accelerator, images, encoders, folder, random_flip, batch_size, num_workers, settings)
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 _write_metadata(folder, settings)
@@ -117,10 +130,15 @@ def cache_settings(
     caption_column: str | None,
     caption_fraction: float,
     seed: int,
+    interpolation: str = "bilinear",
 ) -> dict[str, Any]:
     """Everything that decides the cached tensors; its hash names the cache folder."""
     seed_matters = not center_crop or 0.0 < caption_fraction < 1.0  # random crops, or a subset of captions
+    # Bilinear resizing, the only filter before there was a choice, leaves the settings (and the names of
+    # caches built then) as they were.
+    filter_setting = {} if interpolation == "bilinear" else {"interpolation": interpolation}
     return {
+        **filter_setting,
         "version": CACHE_VERSION,
         "dataset": dataset._fingerprint,
         "num_images": len(dataset),
@@ -144,7 +162,44 @@ def is_complete(folder: Path, settings: dict[str, Any]) -> bool:
     return metadata.get("settings") == settings and all((folder / shard).is_file() for shard in metadata["shards"])
 
 
-def _encode_shard(
+def _blocks(num_images: int) -> list[range]:
+    """The images of each shard: consecutive blocks of ``SHARD_ROWS``, the same for any number of processes."""
+    return [range(start, min(start + SHARD_ROWS, num_images)) for start in range(0, num_images, SHARD_ROWS)]
+
+
+def _shard_name(block: int, num_blocks: int) -> str:
+    return f"shard-{block:05d}-of-{num_blocks:05d}.safetensors"
+
+
+def _stamp(settings: dict[str, Any]) -> str:
+    """The settings as stored in each shard's header: a shard of a killed build is kept only for these."""
+    return json.dumps(settings, sort_keys=True)
+
+
+def _is_finished(path: Path, block: range, stamp: str) -> bool:
+    """Whether ``path`` is a whole shard of exactly ``block``'s images, encoded with the settings ``stamp``."""
+    try:
+        with safe_open(path, framework="pt") as file:
+            return (file.metadata() or {}).get("settings") == stamp and torch.equal(
+                file.get_tensor("index"), torch.arange(block.start, block.stop)
+            )
+    except (OSError, SafetensorError, KeyError):
+        return False
+
+
+def _prune(folder: Path, settings: dict[str, Any]) -> None:
+    """Before a build (main process, under the lock): deletes everything in ``folder`` but the shards of
+    this build's plan (a killed build's marker, temporary files, shards of another block size, a stale
+    top-k file); which of those shards are whole is checked by the process that owns each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    num_blocks = len(_blocks(settings["num_images"]))
+    planned = {_shard_name(block, num_blocks) for block in range(num_blocks)}
+    for path in folder.iterdir():
+        if path.name not in planned:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _encode_shards(
     accelerator: Accelerator,
     images: ImageDataset,
     encoders: FrozenEncoders,
@@ -152,33 +207,45 @@ def _encode_shard(
     random_flip: bool,
     batch_size: int,
     num_workers: int,
+    settings: dict[str, Any],
 ) -> None:
-    """Encodes this process's images (every ``num_processes``-th) into ``shard-<process>.safetensors``.
+    """Encodes this process's blocks (every ``num_processes``-th) into one shard each, skipping finished ones.
 
-    The shard is held in memory until it is written: ``2·C·h·w + 2·D + F`` values per image
-    (two latents, `y`, `t*`, features).
+    A block is held in memory until its shard is written: at most ``SHARD_ROWS`` images of
+    ``2·C·h·w + 2·D + F`` values (two latents, `y`, `t*`, features), whatever the dataset's size.
+    Random crops are seeded by (seed, block): a shard is the same whichever process encodes it.
     """
-    indices = list(range(accelerator.process_index, len(images), accelerator.num_processes))
-    if not indices:
-        return
-    shard_images = torch.utils.data.Subset(images, indices)
-    loader = torch.utils.data.DataLoader(shard_images, batch_size=batch_size, num_workers=num_workers)
-    rows = []
-    for batch in tqdm(loader, desc="Caching embeddings", disable=not accelerator.is_local_main_process):
-        row = images.prepare_batch(batch, encoders)
-        if random_flip:
-            row["latents_flipped"] = encoders.encode_latents(batch["pixel_values"].flip(-1))
-        rows.append({key: value.cpu() for key, value in row.items()})
-    shard = {key: torch.cat([row[key] for row in rows]).contiguous() for key in rows[0]}
-    shard["index"] = torch.tensor(indices)
-    _write_atomically(folder / f"shard-{accelerator.process_index:05d}.safetensors", lambda path: save_file(shard, path))
+    blocks = _blocks(len(images))
+    stamp = _stamp(settings)
+    todo = [
+        (number, block) for number, block in enumerate(blocks)
+        if number % accelerator.num_processes == accelerator.process_index
+        and not _is_finished(folder / _shard_name(number, len(blocks)), block, stamp)
+    ]
+    progress = tqdm(total=sum(map(len, (block for _, block in todo))), desc="Caching embeddings", disable=not accelerator.is_local_main_process)
+    for number, block in todo:
+        torch.manual_seed(((settings.get("seed") or 0) * 1_000_003 + number) % 2**63)
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, block), batch_size=batch_size, num_workers=num_workers)
+        rows = []
+        for batch in loader:
+            row = images.prepare_batch(batch, encoders)
+            if random_flip:
+                row["latents_flipped"] = encoders.encode_latents(batch["pixel_values"].flip(-1))
+            rows.append({key: value.cpu() for key, value in row.items()})
+            progress.update(len(batch["pixel_values"]))
+        shard = {key: torch.cat([row[key] for row in rows]).contiguous() for key in rows[0]}
+        shard["index"] = torch.arange(block.start, block.stop)
+        del rows
+        path = folder / _shard_name(number, len(blocks))
+        _write_atomically(path, lambda temporary: save_file(shard, temporary, metadata={"settings": stamp}))
+    progress.close()
 
 
 def _write_metadata(folder: Path, settings: dict[str, Any]) -> None:
     """Checks that the shards cover every image once, then marks the cache complete."""
     shards = sorted(path.name for path in folder.glob("shard-*.safetensors"))
-    covered = sorted(index for shard in shards for index in _read(folder / shard, "index").tolist())
-    if covered != list(range(settings["num_images"])):
+    covered = torch.cat([_read(folder / shard, "index") for shard in shards]).sort().values if shards else torch.empty(0, dtype=torch.long)
+    if not torch.equal(covered, torch.arange(settings["num_images"])):
         raise RuntimeError(f"The cache shards in {folder} do not cover the dataset's {settings['num_images']} images once each.")
     metadata = {"settings": settings, "shards": shards}
     _write_atomically(folder / METADATA, lambda path: Path(path).write_text(json.dumps(metadata, indent=2)))
@@ -203,8 +270,12 @@ class CachedEmbeddingDataset(torch.utils.data.Dataset):
     two per image in the training step: item loading uses no randomness, so the data loader's
     look-ahead cannot shift the training RNG and a resumed run draws exactly what the straight run
     drew. ``caption_embeds``
-    is zeros where ``has_caption`` is False. Shards are memory-mapped and read row by row, so the
-    cache need not fit in RAM. Torch's default collate batches the rows.
+    is zeros where ``has_caption`` is False. Torch's default collate batches the rows.
+
+    Shards are memory-mapped, so the cache need not fit in RAM. ``dataset[i]`` reads one row;
+    torch's DataLoader calls ``__getitems__`` with a whole batch's indices, which reads each tensor's
+    rows of a shard with one gather (the same values, bit for bit). `load_into_memory` holds the
+    cache in RAM instead, when it fits.
     """
 
     def __init__(self, folder: str | os.PathLike):
@@ -213,21 +284,93 @@ class CachedEmbeddingDataset(torch.utils.data.Dataset):
         self.settings = metadata["settings"]
         self.shards = metadata["shards"]
         self.random_flip = self.settings["random_flip"]
-        locations = {}
+        self.keys = ["latents", "y", "features", "caption_embeds", "has_caption"] + ["latents_flipped"] * self.random_flip
+        # Where each image's row lies: two arrays, 12 bytes an image (a million images: 12 MB, no Python objects).
+        self._shard_of = np.zeros(self.settings["num_images"], dtype=np.int32)
+        self._row_of = np.zeros(self.settings["num_images"], dtype=np.int64)
         for shard_id, shard in enumerate(self.shards):
-            for row, index in enumerate(_read(self.folder / shard, "index").tolist()):
-                locations[index] = (shard_id, row)
-        self._locations = [locations[index] for index in range(len(locations))]
-        self._files = {}
+            index = _read(self.folder / shard, "index").numpy()
+            self._shard_of[index], self._row_of[index] = shard_id, np.arange(len(index))
+        self._files, self._maps, self._dtypes, self._columns = {}, {}, {}, None
 
     def __len__(self) -> int:
-        return len(self._locations)
+        return len(self._shard_of)
+
+    @property
+    def num_captions(self) -> int:
+        """How many images' captions training sees."""
+        return sum(int(_read(self.folder / shard, "has_caption").sum()) for shard in self.shards)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        shard_id, row = self._locations[index]
-        file = self._file(shard_id)
-        keys = ["latents", "y", "features", "caption_embeds", "has_caption"] + ["latents_flipped"] * self.random_flip
-        return {key: file.get_slice(key)[row] for key in keys}
+        if self._columns is not None:
+            return {key: column[index] for key, column in self._columns.items()}
+        file = self._file(int(self._shard_of[index]))
+        row = int(self._row_of[index])
+        return {key: file.get_slice(key)[row] for key in self.keys}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """The rows of a batch, as ``[dataset[i] for i in indices]`` gives them, read one gather per tensor and shard.
+
+        Torch's DataLoader calls it (for a map-style dataset with automatic batching) with the batch's
+        indices, then collates the list as usual.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        if self._columns is not None:
+            index = torch.from_numpy(indices)
+            columns = {key: column[index] for key, column in self._columns.items()}
+        else:
+            columns = self._gather(indices)
+        return [dict(zip(columns, row)) for row in zip(*columns.values())]
+
+    def load_into_memory(self, budget_bytes: int | None = None) -> bool:
+        """Reads the whole cache into RAM if it takes at most ``budget_bytes`` (default: half the memory
+        available, shared among this machine's processes); logs the decision and returns it.
+
+        Rows then come from tensors in memory, with no file access in the training step; otherwise the
+        shards stay memory-mapped.
+        """
+        if self._columns is not None:
+            return True
+        size = sum(_tensor_bytes(self.folder / shard, self.keys) for shard in self.shards)
+        if budget_bytes is None:
+            budget_bytes = _available_memory() // 2 // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if size > budget_bytes:
+            logger.info(f"The embedding cache ({size / 2**30:.2f} GiB) exceeds the memory budget ({budget_bytes / 2**30:.2f} GiB): reading it memory-mapped.")
+            return False
+        columns = {}
+        for shard_id, shard in enumerate(self.shards):
+            with safe_open(self.folder / shard, framework="pt") as file:
+                index = file.get_tensor("index")
+                for key in self.keys:
+                    values = file.get_tensor(key)
+                    if key not in columns:
+                        columns[key] = values.new_empty((len(self), *values.shape[1:]))
+                    columns[key][index] = values
+        self._columns = columns
+        logger.info(f"Holding the embedding cache in memory ({size / 2**30:.2f} GiB of a {budget_bytes / 2**30:.2f} GiB budget).")
+        return True
+
+    def _gather(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        """Each tensor's rows ``indices``, one numpy gather per shard from its memory map."""
+        shard_of, rows = self._shard_of[indices], self._row_of[indices]
+        shard_ids = np.unique(shard_of)
+        columns = {}
+        for key in self.keys:
+            if len(shard_ids) == 1:
+                values = self._arrays(int(shard_ids[0]))[key][rows]
+            else:
+                parts = [(shard_of == shard_id, self._arrays(int(shard_id))[key]) for shard_id in shard_ids]
+                values = np.empty((len(indices), *parts[0][1].shape[1:]), dtype=parts[0][1].dtype)
+                for mask, array in parts:
+                    values[mask] = array[rows[mask]]
+            columns[key] = _as_tensor(values, self._dtypes[key])
+        return columns
+
+    def _arrays(self, shard_id: int) -> dict[str, np.ndarray]:
+        """The shard's tensors as numpy views of its memory map, mapped lazily so each dataloader worker maps its own."""
+        if shard_id not in self._maps:
+            self._maps[shard_id], self._dtypes = _memory_map(self.folder / self.shards[shard_id])
+        return self._maps[shard_id]
 
     def prepare_batch(self, batch: dict[str, torch.Tensor], encoders: FrozenEncoders) -> dict[str, torch.Tensor]:
         """The batch as training consumes it (cf. `ImageDataset.prepare_batch`): rows were encoded when
@@ -247,4 +390,52 @@ class CachedEmbeddingDataset(torch.utils.data.Dataset):
         return self._files[shard_id]
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_files": {}}  # open files do not pickle (spawned workers)
+        return {**self.__dict__, "_files": {}, "_maps": {}}  # open files and maps do not pickle (spawned workers)
+
+
+# safetensors' dtypes as numpy reads them (bfloat16 as its bits, viewed back in torch).
+_NUMPY_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?",
+}
+_TORCH_DTYPES = {"BF16": torch.bfloat16}
+
+
+def _memory_map(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A safetensors file's tensors as numpy views of one read-only memory map, and their safetensors dtypes.
+
+    The format: an 8-byte little-endian header length, a JSON header of ``dtype``, ``shape`` and
+    ``data_offsets`` per tensor, then the data. A gather from a view reads only the rows it takes.
+    """
+    buffer = np.memmap(path, dtype=np.uint8, mode="r")
+    header_size = int(buffer[:8].view("<u8")[0])
+    header = json.loads(bytes(buffer[8 : 8 + header_size]))
+    header.pop("__metadata__", None)
+    arrays = {}
+    for key, info in header.items():
+        start, end = (8 + header_size + offset for offset in info["data_offsets"])
+        arrays[key] = buffer[start:end].view(_NUMPY_DTYPES[info["dtype"]]).reshape(info["shape"])
+    return arrays, {key: info["dtype"] for key, info in header.items()}
+
+
+def _as_tensor(values: np.ndarray, dtype: str) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(values))
+    return tensor.view(_TORCH_DTYPES[dtype]) if dtype in _TORCH_DTYPES else tensor
+
+
+def _tensor_bytes(path: Path, keys: list[str]) -> int:
+    with safe_open(path, framework="pt") as file:
+        return sum(math.prod(file.get_slice(key).get_shape()) * _ITEM_BYTES[file.get_slice(key).get_dtype()] for key in keys)
+
+
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux: MemAvailable), else the physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

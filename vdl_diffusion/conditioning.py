@@ -3,6 +3,11 @@
 Every method returns the same :class:`Condition`, so the objective and the training loop never branch
 on the method. Images whose caption the run may see (semi-supervised setting) are conditioned on
 their real text embedding ``t*`` under every method.
+
+Nothing here waits on the device: no ``.item()``, no branch on a tensor's value, no boolean
+indexing. Rows are selected with ``torch.where``, and whether the run has captions at all is a
+Python bool the caller knows from its dataset (``captions``), so the step compiles to one graph
+(``torch.compile(fullgraph=True)``, checked in tests/test_objective.py).
 """
 
 from dataclasses import dataclass, field
@@ -29,14 +34,21 @@ class Condition:
     """Scalars worth logging."""
 
 
-def condition(method: str, batch: dict, posterior=None, prior=None, lafite_xi: float = 0.75) -> Condition:
+def condition(
+    method: str, batch: dict, posterior=None, prior=None, lafite_xi: float = 0.75, captions: bool = True
+) -> Condition:
     """The condition for ``batch`` (``y``, ``features``, and optionally ``caption_embeds``/``has_caption``, and
-    for the ``text-bank`` prior each image's top-k ``bank_index``/``bank_logits``)."""
+    for the ``text-bank`` prior each image's top-k ``bank_index``/``bank_logits``).
+
+    ``captions``: whether any image of the run may have a visible caption (the dataset's
+    ``num_captions > 0``). False skips the caption terms; True computes them for every row and keeps
+    those of captioned rows, so no step asks the device whether this batch has one.
+    """
     y = batch["y"]
     zero = y.new_zeros(y.shape[0])
-    has_caption = batch.get("has_caption", torch.zeros_like(zero, dtype=torch.bool)).bool()
-    caption_embeds = batch.get("caption_embeds")
+    caption_embeds = batch.get("caption_embeds") if captions else None
     if caption_embeds is not None:
+        has_caption = batch["has_caption"].to(device=y.device, dtype=torch.bool)
         # Rows without a caption hold zeros; y stands in so densities see unit vectors (they are masked out).
         caption_embeds = torch.where(has_caption[:, None], caption_embeds.to(y.dtype), y)
     kl, caption_nll, stats = zero, zero, {}
@@ -51,13 +63,13 @@ def condition(method: str, batch: dict, posterior=None, prior=None, lafite_xi: f
         q = posterior(y, batch.get("features"), p_fixed)
         t = F.normalize(q.rsample(), dim=-1)
         kl, estimator = _kl(q, p_fixed, t)
-        kl = torch.where(has_caption, zero, kl)
+        if caption_embeds is not None:
+            kl = torch.where(has_caption, zero, kl)
+            caption_nll = torch.where(has_caption, -q.log_prob(caption_embeds), zero)
         if estimator:
             stats[estimator] = kl.mean().detach()
         if not isinstance(q, VonMisesFisherMixture):
             stats["kappa"] = _concentration(q).mean().detach()
-        if has_caption.any():
-            caption_nll = torch.where(has_caption, -q.log_prob(caption_embeds), zero)
     elif method == "lafite":
         noise = F.normalize(torch.randn_like(y), dim=-1)
         t = F.normalize((1 - lafite_xi) * y + lafite_xi * noise, dim=-1)
@@ -66,13 +78,15 @@ def condition(method: str, batch: dict, posterior=None, prior=None, lafite_xi: f
     elif method == "prior-sample":
         t = p.sample()
     elif method == "supervised":
-        if caption_embeds is None or not has_caption.all():
+        if caption_embeds is None:
             raise ValueError("Method `supervised` needs a caption for every image (`--caption_column`, `--caption_fraction 1`).")
+        # Checked on the device, without waiting for it: the step fails (on a GPU, at the next sync) instead of training on y.
+        torch._assert_async(has_caption.all(), "Method `supervised` needs a caption for every image (`--caption_column`, `--caption_fraction 1`).")
         t = caption_embeds
     else:
         raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
 
-    if _has_parameters(prior) and has_caption.any():
+    if _has_parameters(prior) and caption_embeds is not None:
         caption_nll = caption_nll + torch.where(has_caption, -p.log_prob(caption_embeds), zero)
     if caption_embeds is not None:
         t = torch.where(has_caption[:, None], caption_embeds, t)

@@ -95,22 +95,34 @@ def _log_bessel_iv_reduced(nu, x: torch.Tensor) -> torch.Tensor:
 
     Taking out the power ``(x/2)^ν`` is what makes the κ → 0 limits of the vMF normaliser and of
     ``A_D`` come out without special cases.
+
+    No host sync and no data-dependent indexing: an order given as a Python number (``D/2 - 1``,
+    known on the host) picks Debye's expansion or the small-order pair statically; between the
+    series and Hankel's expansion, and for a tensor order among all three, ``torch.where`` selects
+    per element. Each branch is evaluated at a safe stand-in outside its domain (x = 0 for the
+    series, x = 2·50 and ν = 0 for Hankel, ν = 15 for Debye), so the discarded values are finite
+    and pass no nan into the gradient. Arguments are not checked here (see `log_bessel_iv`).
     """
     x = torch.as_tensor(x).double()
-    nu = torch.as_tensor(nu, device=x.device).double()
-    if (nu < 0).any():
-        raise ValueError("The Bessel order `nu` must be >= 0 (it is D/2 - 1 for the sphere S^{D-1}, D >= 2).")
-    if (x < 0).any():
-        raise ValueError("The Bessel argument `x` (a concentration κ) must be >= 0.")
-    nu, x = torch.broadcast_tensors(nu, x)
+    if not torch.is_tensor(nu):
+        nu = float(nu)
+        if nu >= _DEBYE_MIN_ORDER:
+            return _log_bessel_iv_debye(x.new_tensor(nu), x)
+        return _log_bessel_iv_small_order(x.new_tensor(nu), x)
+    nu, x = torch.broadcast_tensors(nu.to(x.device, torch.float64), x)
     debye = nu >= _DEBYE_MIN_ORDER
-    series = ~debye & (x <= _SERIES_MAX_ARG)
-    hankel = ~debye & ~series
-    out = x.new_empty(x.shape)
-    branches = ((debye, _log_bessel_iv_debye), (series, _log_bessel_iv_series), (hankel, _log_bessel_iv_hankel))
-    for mask, branch in branches:
-        out[mask] = branch(nu[mask], x[mask])
-    return out
+    safe_nu = torch.where(debye, nu, _DEBYE_MIN_ORDER)
+    small_nu = torch.where(debye, 0.0, nu)
+    return torch.where(debye, _log_bessel_iv_debye(safe_nu, x), _log_bessel_iv_small_order(small_nu, x))
+
+
+def _log_bessel_iv_small_order(nu: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The series for ``x <= 50``, Hankel's expansion beyond, selected per element without a sync."""
+    series = x <= _SERIES_MAX_ARG
+    series_x = torch.where(series, x, 0.0)
+    hankel_x = torch.where(series, 2 * _SERIES_MAX_ARG, x)
+    hankel_nu = torch.where(series, 0.0, nu)
+    return torch.where(series, _log_bessel_iv_series(nu, series_x), _log_bessel_iv_hankel(hankel_nu, hankel_x))
 
 
 def _result_dtype(x) -> torch.dtype:
@@ -129,7 +141,12 @@ def log_bessel_iv(nu, x) -> torch.Tensor:
     """
     x64 = torch.as_tensor(x).double()
     nu64 = torch.as_tensor(nu, device=x64.device).double()
-    return (torch.xlogy(nu64, x64 / 2) + _log_bessel_iv_reduced(nu64, x64)).to(_result_dtype(x))
+    # Checked here, at the public entry, not in the training step's KL (a check there would wait on the device).
+    if (nu64 < 0).any():
+        raise ValueError("The Bessel order `nu` must be >= 0 (it is D/2 - 1 for the sphere S^{D-1}, D >= 2).")
+    if (x64 < 0).any():
+        raise ValueError("The Bessel argument `x` (a concentration κ) must be >= 0.")
+    return (torch.xlogy(nu64, x64 / 2) + _log_bessel_iv_reduced(nu if not torch.is_tensor(nu) else nu64, x64)).to(_result_dtype(x))
 
 
 def vmf_log_normalizer(dim: int, kappa) -> torch.Tensor:

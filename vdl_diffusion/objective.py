@@ -84,7 +84,10 @@ class ELBO(nn.Module):
     """Everything that trains, in one module: UNet ``θ``, posterior ``φ``, prior, null embedding.
 
     One module so that Accelerate wraps it once, whatever the backend (DDP, FSDP, DeepSpeed), and
-    ``forward`` returns the loss as the training loop needs it.
+    ``forward`` returns the loss as the training loop needs it. ``forward`` never waits on the device
+    (no ``.item()``, no branch on a tensor's value): it compiles to one graph with
+    ``torch.compile(fullgraph=True)``. ``captions=False`` (no image of the run has a visible caption,
+    the dataset's ``num_captions == 0``) skips the caption terms.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class ELBO(nn.Module):
         caption_weight: float = 1.0,
         snr_gamma: float | None = None,
         noise_offset: float = 0.0,
+        captions: bool = True,
     ):
         super().__init__()
         if method == "vdl" and (posterior is None or prior is None):
@@ -111,6 +115,7 @@ class ELBO(nn.Module):
         self.unet, self.posterior, self.prior, self.scheduler = unet, posterior, prior, scheduler
         self.method, self.p_uncond, self.lafite_xi = method, p_uncond, lafite_xi
         self.caption_weight, self.snr_gamma, self.noise_offset = caption_weight, snr_gamma, noise_offset
+        self.captions = captions  # whether any image has a visible caption: known from the dataset, never asked of a batch
         null = torch.zeros(unet.config.encoder_hid_dim)
         self.null_embedding = nn.Parameter(null, requires_grad=learn_null_embedding)
         if prior is not None:
@@ -120,7 +125,7 @@ class ELBO(nn.Module):
 
     def forward(self, batch: dict, beta: float = 1.0) -> tuple[torch.Tensor, dict]:
         z0 = batch["latents"]
-        c = condition(self.method, batch, self.posterior, self.prior, self.lafite_xi)
+        c = condition(self.method, batch, self.posterior, self.prior, self.lafite_xi, self.captions)
         # Classifier-free guidance: the null embedding replaces t with probability p_uncond.
         drop = torch.rand(z0.shape[0], device=z0.device) < self.p_uncond
         t = torch.where(drop[:, None], self.null_embedding.to(c.t.dtype), c.t)

@@ -107,7 +107,7 @@ class BankCandidates(torch.utils.data.Dataset):
     """Rows of ``dataset`` plus ``bank_index`` (k,) and ``bank_logits`` (k,) read from the top-k file.
 
     The file is memory-mapped and opened lazily, so each data loader worker maps its own and no row
-    is loaded before it is read.
+    is loaded before it is read; a batch's rows are read with one gather.
     """
 
     def __init__(self, dataset: CachedEmbeddingDataset, path: str | os.PathLike):
@@ -118,10 +118,19 @@ class BankCandidates(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """A batch's rows (torch's DataLoader passes the batch's indices): one gather from the top-k file, one per
+        tensor from the cache (`CachedEmbeddingDataset.__getitems__`)."""
         if self._rows is None:
             self._rows = np.load(self.path, mmap_mode="r")
-        row = self._rows[index]
-        return {**self.dataset[index], "bank_index": torch.from_numpy(row["index"].astype(np.int64)), "bank_logits": torch.from_numpy(row["logit"].copy())}
+        rows = self._rows[np.asarray(indices, dtype=np.int64)]
+        bank_index, bank_logits = torch.from_numpy(rows["index"].astype(np.int64)), torch.from_numpy(rows["logit"].copy())
+        return [
+            {**row, "bank_index": entries, "bank_logits": logits}
+            for row, entries, logits in zip(self.dataset.__getitems__(indices), bank_index, bank_logits)
+        ]
 
     def prepare_batch(self, batch: dict[str, torch.Tensor], encoders) -> dict[str, torch.Tensor]:
         return self.dataset.prepare_batch(batch, encoders)
