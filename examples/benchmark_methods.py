@@ -122,7 +122,7 @@ def train(args, name: str, flags: list[str]) -> float:
         "--unet_preset", args.unet_preset,
         "--seed", str(args.seed),
         "--output_dir", str(run_dir),
-        "--cache_dir", str(args.output_dir / "cache"),  # shared: the frozen encoders run once per setting
+        "--embedding_cache_dir", str(args.output_dir / "cache"),  # shared: the frozen encoders run once per setting
         "--checkpoints_total_limit", "1",
         "--resume_from_checkpoint", "latest",  # continues a stopped run, starts a new one otherwise
         *shlex.split(args.extra_train_args),

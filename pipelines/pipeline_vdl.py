@@ -5,29 +5,34 @@ posterior over CLIP *text* embeddings; at inference ``t`` is the L2-normalised C
 of the prompt (or the CLIP image embedding of ``image=``, for variations).
 
 This file imports only torch, diffusers, transformers and what they depend on (PIL,
-huggingface_hub): ``save_pretrained`` copies it beside the weights, so a saved pipeline loads with
-plain diffusers, without the vdl-diffusion package.
+huggingface_hub): ``save_pretrained`` copies it beside the weights and names it in
+``model_index.json``, so a saved pipeline loads with plain diffusers, without the vdl-diffusion package.
 """
 
 import inspect
+import json
 import math
 import numbers
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from typing import Any
 
 import PIL.Image
 import torch
 import torch.nn.functional as F
+import transformers
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import replace_example_docstring
-from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import create_repo
+from huggingface_hub import ModelCard, ModelCardData, create_repo
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 from transformers import (
     CLIPImageProcessor,
     CLIPTextModelWithProjection,
@@ -35,7 +40,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-# What diffusers' `custom_pipeline=` names: this file, as save_pretrained copies it.
+# What model_index.json names, beside the class, and `custom_pipeline=` loads: this file, as save_pretrained copies it.
 CUSTOM_PIPELINE = os.path.splitext(os.path.basename(__file__))[0]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -57,6 +62,56 @@ def _check_finite(name: str, tensor: torch.Tensor):
             )
 
 
+def _portable_class_name(library: str, class_name: str) -> str:
+    """The class ``model_index.json`` records for a component of ``library``.
+
+    transformers 5 builds ``CLIPImageProcessor`` as a backend class (``CLIPImageProcessorPil`` without
+    torchvision), which transformers 4 lacks. The base name exists in every version, and its
+    ``from_pretrained`` picks the backend the installed version has.
+    """
+    if library == "transformers":
+        for suffix in ("Pil", "Fast"):
+            base = class_name.removesuffix(suffix)
+            if base != class_name and base.endswith("ImageProcessor") and hasattr(transformers, base):
+                return base
+    return class_name
+
+
+def usage(repo_id: str, prompt: str = "a red circle") -> str:
+    """Markdown: how to load and prompt the pipeline saved in ``repo_id`` (a Hub repository or a folder)."""
+    return f"""```python
+import torch
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained({json.dumps(repo_id)}, custom_pipeline="{CUSTOM_PIPELINE}", trust_remote_code=True)
+image = pipe({json.dumps(prompt)}, guidance_scale=4.0, generator=torch.manual_seed(0)).images[0]
+```
+
+`{CUSTOM_PIPELINE}.py` beside the weights is the pipeline's code (`VDLPipeline`; torch, diffusers and
+transformers only). `model_index.json` names it, so `custom_pipeline` may be left out; `trust_remote_code=True`
+allows diffusers to run it. With `pip install vdl-diffusion`, `vdl_diffusion.VDLPipeline.from_pretrained({json.dumps(repo_id)})`
+loads the same weights into the package's class, without running code from the repository."""
+
+
+MODEL_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+{{ model_description }}
+"""
+
+MODEL_DESCRIPTION = """\
+# VDL text-to-image model
+
+A text-to-image latent diffusion model trained on images **without captions** with Variational
+Distribution Learning ([Kang et al., CVPR 2023](https://arxiv.org/abs/2303.16105)): the UNet is
+conditioned on a CLIP text embedding that a variational posterior infers from each image, and at
+inference on the normalised CLIP text embedding of the prompt.
+
+{usage}
+"""
+
+
 EXAMPLE_DOC_STRING = """
     Examples:
         ```py
@@ -72,28 +127,8 @@ EXAMPLE_DOC_STRING = """
         >>> # Without vdl-diffusion installed: the folder carries this pipeline's code.
         >>> from diffusers import DiffusionPipeline
 
-        >>> pipe = DiffusionPipeline.from_pretrained(
-        ...     "path/to/vdl-run", custom_pipeline="pipeline_vdl", trust_remote_code=True
-        ... )
+        >>> pipe = DiffusionPipeline.from_pretrained("path/to/vdl-run", trust_remote_code=True)
         ```
-"""
-
-MODEL_CARD = """\
-A text-to-image latent diffusion model trained on images **without captions** with Variational
-Distribution Learning ([Kang et al., CVPR 2023](https://arxiv.org/abs/2303.16105)): the UNet is
-conditioned on a CLIP text embedding that a variational posterior infers from each image, and at
-inference on the normalised CLIP text embedding of the prompt.
-
-```python
-import torch
-from diffusers import DiffusionPipeline
-
-pipe = DiffusionPipeline.from_pretrained("{repo_id}", custom_pipeline="{custom_pipeline}", trust_remote_code=True)
-image = pipe("a red circle", guidance_scale=4.0, generator=torch.manual_seed(0)).images[0]
-```
-
-`{custom_pipeline}.py` in this repository is the pipeline's code (`VDLPipeline`, torch, diffusers and
-transformers only); `pip install vdl-diffusion` provides the same class as `vdl_diffusion.VDLPipeline`.
 """
 
 
@@ -116,6 +151,10 @@ class VDLPipeline(DiffusionPipeline):
         null_embedding (`list[float]`, *optional*): the unconditional condition of classifier-free
             guidance, the one the trainer substituted for `t` with probability `p_uncond`; zeros if
             `None`. Saved in `model_index.json`.
+
+    Any model may be `None` to save memory, e.g. `VDLPipeline.from_pretrained(path, unet=None, vae=None)`
+    only encodes prompts (`encode_prompt`), and a pipeline without `text_encoder` and `tokenizer`
+    samples from `prompt_embeds`.
     """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
@@ -136,18 +175,6 @@ class VDLPipeline(DiffusionPipeline):
         super().__init__()
         if isinstance(null_embedding, torch.Tensor):
             null_embedding = null_embedding.detach().float().cpu().tolist()
-        dim = unet.config.encoder_hid_dim
-        widths = {"text_encoder.config.projection_dim": text_encoder.config.projection_dim}
-        if image_encoder is not None:
-            widths["image_encoder.config.projection_dim"] = image_encoder.config.projection_dim
-        if null_embedding is not None:
-            widths["len(null_embedding)"] = len(null_embedding)
-        for name, width in widths.items():
-            if width != dim:
-                raise ValueError(
-                    f"{name} is {width} but the UNet takes conditions of width {dim} (unet.config.encoder_hid_dim)."
-                )
-
         self.register_modules(
             vae=vae,
             unet=unet,
@@ -158,8 +185,36 @@ class VDLPipeline(DiffusionPipeline):
             feature_extractor=feature_extractor,
         )
         self.register_to_config(null_embedding=null_embedding)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        widths = self._condition_widths()
+        reference, dim = next(iter(widths.items()), (None, None))
+        for name, width in widths.items():
+            if width != dim:
+                what = f"the UNet takes conditions of width {dim}" if reference.startswith("unet") else f"{reference} is {dim}"
+                raise ValueError(f"{name} is {width} but {what} ({reference}).")
+
+    def _condition_widths(self) -> dict[str, int]:
+        """The width of `t` as each present part sees it, the UNet's first."""
+        widths = {}
+        for name, model, key in (
+            ("unet", self.unet, "encoder_hid_dim"),
+            ("text_encoder", self.text_encoder, "projection_dim"),
+            ("image_encoder", self.image_encoder, "projection_dim"),
+        ):
+            if model is not None:
+                widths[f"{name}.config.{key}"] = getattr(model.config, key)
+        if self.config.null_embedding is not None:
+            widths["len(null_embedding)"] = len(self.config.null_embedding)
+        return widths
+
+    @property
+    def condition_dim(self) -> int:
+        """D, the width of the condition `t` (and of the null embedding)."""
+        widths = self._condition_widths()
+        if not widths:
+            raise ValueError("This pipeline has no UNet, CLIP encoder or null embedding to tell the width of `t`.")
+        return next(iter(widths.values()))
 
     @property
     def guidance_scale(self) -> float:
@@ -169,8 +224,73 @@ class VDLPipeline(DiffusionPipeline):
     def do_classifier_free_guidance(self) -> bool:
         return self._guidance_scale > 1
 
-    def encode_prompt(self, prompt: str | list[str], device: torch.device | None = None) -> torch.Tensor:
-        """The conditions ``t = f_T(prompt) / ||f_T(prompt)||``, one row per prompt."""
+    @property
+    def cross_attention_kwargs(self) -> dict[str, Any] | None:
+        return self._cross_attention_kwargs
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        device: torch.device | None = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        r"""
+        The conditions of `__call__`: needs only `text_encoder` and `tokenizer` (or neither, given embeddings).
+
+        Args:
+            prompt (`str` or `list[str]`, *optional*): encoded as ``t = f_T(prompt) / ||f_T(prompt)||``,
+                one row per prompt; ignored if `prompt_embeds` is given.
+            device (`torch.device`, *optional*): where the embeddings go; default the execution device.
+            num_images_per_prompt (`int`): each row is repeated this many times.
+            do_classifier_free_guidance (`bool`): whether to return the unconditional branch too.
+            negative_prompt (`str` or `list[str]`, *optional*): encoded like `prompt` as the
+                unconditional branch; without it (and without `negative_prompt_embeds`) that branch is
+                the null embedding.
+            prompt_embeds, negative_prompt_embeds (`torch.Tensor` of shape `(batch, D)`, *optional*):
+                used as given.
+
+        Returns:
+            `prompt_embeds` and `negative_prompt_embeds` (`None` without guidance), each with
+            `batch × num_images_per_prompt` rows: pass them to `__call__` (with its default
+            `num_images_per_prompt=1`) on a pipeline without text encoder.
+        """
+        device = device or self._execution_device
+        if prompt_embeds is None:
+            prompt_embeds = self._encode_text(prompt, device)
+        prompt_embeds = prompt_embeds.to(device)
+        batch_size = prompt_embeds.shape[0]
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            if negative_prompt is None:
+                negative_prompt_embeds = self.null_condition(batch_size, device, prompt_embeds.dtype)
+            else:
+                if isinstance(negative_prompt, str):
+                    negative_prompt = [negative_prompt] * batch_size
+                negative_prompt_embeds = self._encode_text(negative_prompt, device)
+        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.to(device).repeat_interleave(num_images_per_prompt, dim=0)
+        return prompt_embeds, negative_prompt_embeds
+
+    def _encode_text(self, prompt: str | list[str], device: torch.device) -> torch.Tensor:
+        """``t = f_T(prompt) / ||f_T(prompt)||``, one row per prompt."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError(
+                "Encoding a prompt needs `text_encoder` and `tokenizer`, and this pipeline has "
+                f"{'neither' if self.text_encoder is None and self.tokenizer is None else 'only one of them'}: "
+                "load it with both, or pass `prompt_embeds` (and `negative_prompt_embeds`) instead of prompts."
+            )
         text_inputs = self.tokenizer(
             prompt,
             padding="max_length",
@@ -178,7 +298,7 @@ class VDLPipeline(DiffusionPipeline):
             truncation=True,
             return_tensors="pt",
         )
-        t = self.text_encoder(text_inputs.input_ids.to(device or self._execution_device)).text_embeds
+        t = self.text_encoder(text_inputs.input_ids.to(device)).text_embeds
         return F.normalize(t, dim=-1)
 
     def encode_image(self, image, device: torch.device | None = None) -> torch.Tensor:
@@ -191,7 +311,7 @@ class VDLPipeline(DiffusionPipeline):
 
     def null_condition(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """The unconditional branch of guidance: ``null_embedding`` (zeros if unset), ``batch_size`` rows."""
-        dim = self.unet.config.encoder_hid_dim
+        dim = self.condition_dim
         null = torch.zeros(dim) if self.config.null_embedding is None else torch.tensor(self.config.null_embedding)
         return null.to(device=device, dtype=dtype).expand(batch_size, dim)
 
@@ -204,6 +324,17 @@ class VDLPipeline(DiffusionPipeline):
         else:
             latents = latents.to(device=device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
+
+    def prepare_extra_step_kwargs(self, generator, eta):
+        """The keywords of ``scheduler.step`` that only some schedulers take: ``eta`` (DDIM's η; others ignore
+        it) and ``generator``."""
+        accepted = inspect.signature(self.scheduler.step).parameters
+        extra_step_kwargs = {}
+        if "eta" in accepted:
+            extra_step_kwargs["eta"] = eta
+        if "generator" in accepted:
+            extra_step_kwargs["generator"] = generator
+        return extra_step_kwargs
 
     @staticmethod
     def _batch_size(prompt, prompt_embeds, image) -> int:
@@ -229,10 +360,21 @@ class VDLPipeline(DiffusionPipeline):
         guidance_scale=1.0,
         latents=None,
         generator=None,
+        timesteps=None,
+        sigmas=None,
+        cross_attention_kwargs=None,
     ):
         """Raises, before any model runs, on an argument of `__call__` that it cannot use, naming the
         argument, the value it got and what it takes; `height` and `width` are the sizes in pixels,
         defaults filled in."""
+        if self.unet is None or self.scheduler is None:
+            raise ValueError(
+                "Sampling needs `unet` and `scheduler`, and this pipeline was built or loaded without "
+                f"{' and '.join(n for n in ('unet', 'scheduler') if getattr(self, n) is None)}; load them, or use "
+                "`encode_prompt` alone."
+            )
+        if output_type != "latent" and self.vae is None:
+            raise ValueError(f"`output_type={output_type!r}` needs `vae` to decode; load it or pass `output_type='latent'`.")
         given = [
             name
             for name, value in (("prompt", prompt), ("prompt_embeds", prompt_embeds), ("image", image))
@@ -247,6 +389,12 @@ class VDLPipeline(DiffusionPipeline):
                 isinstance(text, str) or (isinstance(text, list) and all(isinstance(p, str) for p in text))
             ):
                 raise TypeError(f"`{name}` must be a string or a list of strings, got {type(text).__name__}.")
+        if (prompt is not None or negative_prompt is not None) and (self.text_encoder is None or self.tokenizer is None):
+            name = "prompt" if prompt is not None else "negative_prompt"
+            raise ValueError(
+                f"`{name}` needs `text_encoder` and `tokenizer`, which this pipeline was built or loaded without; "
+                f"pass `{name.replace('prompt', 'prompt_embeds')}` (e.g. from `encode_prompt` of a pipeline that has them)."
+            )
         if image is not None:
             if self.image_encoder is None or self.feature_extractor is None:
                 raise ValueError(
@@ -308,7 +456,18 @@ class VDLPipeline(DiffusionPipeline):
                 f"`num_images_per_prompt` must be an integer of at least 1, got {num_images_per_prompt!r}; "
                 "pass how many images to draw per prompt (or per image)."
             )
-        if not _is_int(num_inference_steps) or num_inference_steps < 1:
+        if timesteps is not None and sigmas is not None:
+            raise ValueError("Pass `timesteps` or `sigmas` (a custom schedule), not both.")
+        for name, schedule in (("timesteps", timesteps), ("sigmas", sigmas)):
+            if schedule is not None and name not in inspect.signature(self.scheduler.set_timesteps).parameters:
+                raise ValueError(
+                    f"`{name}` needs a scheduler whose `set_timesteps` takes custom {name}, and "
+                    f"{type(self.scheduler).__name__}'s does not; use e.g. EulerDiscreteScheduler or "
+                    "DPMSolverMultistepScheduler, or `num_inference_steps`."
+                )
+            if schedule is not None and len(schedule) == 0:
+                raise ValueError(f"`{name}` is empty; pass at least one value, or `num_inference_steps`.")
+        if timesteps is None and sigmas is None and (not _is_int(num_inference_steps) or num_inference_steps < 1):
             raise ValueError(
                 f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}; "
                 "pass the number of denoising steps (default 25)."
@@ -321,6 +480,11 @@ class VDLPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`guidance_scale` must be a finite number, got {guidance_scale!r}; pass e.g. 4.0 "
                 "(guidance is off at 1 or less)."
+            )
+        if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
+            raise TypeError(
+                f"`cross_attention_kwargs` must be a dict (passed to the attention processors), "
+                f"got {type(cross_attention_kwargs).__name__}."
             )
 
         images = batch_size * num_images_per_prompt
@@ -361,13 +525,20 @@ class VDLPipeline(DiffusionPipeline):
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 25,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
         guidance_scale: float = 4.0,
         num_images_per_prompt: int = 1,
+        eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable[["VDLPipeline", int, int, dict], dict] | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable[["VDLPipeline", int, int, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
         callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",),
     ):
         r"""
@@ -386,19 +557,27 @@ class VDLPipeline(DiffusionPipeline):
                 condition on the normalised CLIP image embedding instead (image variations).
             height, width (`int`, *optional*): image size in pixels; default
                 `unet.config.sample_size * vae_scale_factor`.
-            num_inference_steps (`int`): denoising steps.
+            num_inference_steps (`int`): denoising steps; ignored when `timesteps` or `sigmas` is given.
+            timesteps (`list[int]`, *optional*): a custom schedule of timesteps, for schedulers whose
+                `set_timesteps` takes one.
+            sigmas (`list[float]`, *optional*): a custom schedule of noise levels, likewise.
             guidance_scale (`float`): classifier-free guidance weight `w` in
-                `ε_uncond + w (ε_cond - ε_uncond)`; guidance is off at `w <= 1`.
+                `ε_uncond + w (ε_cond - ε_uncond)`; guidance is off at `w <= 1`. A callback may change
+                it as `pipe._guidance_scale` (switching it on mid-run needs it on at the start).
             num_images_per_prompt (`int`): images per prompt (or per image).
+            eta (`float`): DDIM's η (0 is deterministic DDIM, 1 is DDPM-like); other schedulers ignore it.
             generator (`torch.Generator` or one per image, *optional*): makes sampling reproducible.
             latents (`torch.Tensor`, *optional*): initial noise in place of a fresh draw.
             output_type (`str`): `"pil"`, `"np"`, `"pt"` or `"latent"` (undecoded latents).
             return_dict (`bool`): return an [`ImagePipelineOutput`] rather than a tuple.
-            callback_on_step_end (`Callable`, *optional*): called as
-                `callback_on_step_end(self, i, timestep, callback_kwargs)` after every step; the tensors
-                it returns replace the pipeline's own.
+            cross_attention_kwargs (`dict`, *optional*): passed to the UNet's attention processors
+                (e.g. `{"scale": 0.5}` for a LoRA's weight).
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                called as `callback_on_step_end(self, i, timestep, callback_kwargs)` after every step;
+                the tensors it returns replace the pipeline's own. Setting `pipe._interrupt = True`
+                skips the remaining steps.
             callback_on_step_end_tensor_inputs (`list[str]`): which of `_callback_tensor_inputs`
-                go into `callback_kwargs`.
+                go into `callback_kwargs` (a `PipelineCallback` names its own).
 
         Examples:
 
@@ -406,11 +585,13 @@ class VDLPipeline(DiffusionPipeline):
             [`ImagePipelineOutput`] or `tuple`: the images (first element of the tuple when
             `return_dict=False`).
         """
-        # 1. Check inputs
-        if height is None:  # not `height or ...`: 0 is an error, not the default
-            height = self.unet.config.sample_size * self.vae_scale_factor
-        if width is None:
-            width = self.unet.config.sample_size * self.vae_scale_factor
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        # 1. Check inputs (sizes default to the UNet's; not `height or ...`: 0 is an error, not the default)
+        if self.unet is not None:
+            height = self.unet.config.sample_size * self.vae_scale_factor if height is None else height
+            width = self.unet.config.sample_size * self.vae_scale_factor if width is None else width
         self.check_inputs(
             prompt,
             image,
@@ -426,8 +607,13 @@ class VDLPipeline(DiffusionPipeline):
             guidance_scale,
             latents,
             generator,
+            timesteps,
+            sigmas,
+            cross_attention_kwargs,
         )
         self._guidance_scale = guidance_scale
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._interrupt = False
 
         # 2. Define call parameters
         batch_size = self._batch_size(prompt, prompt_embeds, image)
@@ -435,27 +621,24 @@ class VDLPipeline(DiffusionPipeline):
         dtype = self.unet.dtype
 
         # 3. Encode the condition t and, for guidance, the unconditional branch
-        if prompt is not None:
-            prompt_embeds = self.encode_prompt(prompt, device)
-        elif image is not None:
+        if image is not None:
             prompt_embeds = self.encode_image(image, device)
-        prompt_embeds = prompt_embeds.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
-        if self.do_classifier_free_guidance:
-            if negative_prompt is not None:
-                if isinstance(negative_prompt, str):
-                    negative_prompt = [negative_prompt] * batch_size
-                negative_prompt_embeds = self.encode_prompt(negative_prompt, device)
-            elif negative_prompt_embeds is None:
-                negative_prompt_embeds = self.null_condition(batch_size, device, dtype)
-            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=dtype)
-            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt,
+            device,
+            num_images_per_prompt,
+            self.do_classifier_free_guidance,
+            negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+        )
+        prompt_embeds = prompt_embeds.to(dtype)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.to(dtype)
 
         # 4. Prepare timesteps
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        step_kwargs = (
-            {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
-        )
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas)
+        self._num_timesteps = len(timesteps)
 
         # 5. Prepare latents
         latents = self.prepare_latents(
@@ -468,22 +651,30 @@ class VDLPipeline(DiffusionPipeline):
             generator,
             latents,
         )
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         # 6. Denoising loop: one UNet call per step, conditional and unconditional rows batched
-        for i, s in enumerate(self.progress_bar(timesteps)):
+        for i, timestep in enumerate(self.progress_bar(timesteps)):
+            if self.interrupt:
+                continue
             if self.do_classifier_free_guidance:
                 t = torch.cat([negative_prompt_embeds, prompt_embeds])
                 z = torch.cat([latents, latents])
             else:
                 t, z = prompt_embeds, latents
-            z = self.scheduler.scale_model_input(z, s)
+            z = self.scheduler.scale_model_input(z, timestep)
             noise_pred = self.unet(
-                z, s, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": t}, return_dict=False
+                z,
+                timestep,
+                encoder_hidden_states=None,
+                added_cond_kwargs={"image_embeds": t},
+                cross_attention_kwargs=self.cross_attention_kwargs,
+                return_dict=False,
             )[0]
             if self.do_classifier_free_guidance:
                 noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
-                noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
-            latents = self.scheduler.step(noise_pred, s, latents, **step_kwargs, return_dict=False)[0]
+                noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_cond - noise_pred_uncond)
+            latents = self.scheduler.step(noise_pred, timestep, latents, **extra_step_kwargs, return_dict=False)[0]
 
             if callback_on_step_end is not None:
                 tensors = {
@@ -492,16 +683,19 @@ class VDLPipeline(DiffusionPipeline):
                     "negative_prompt_embeds": negative_prompt_embeds,
                 }
                 callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
-                callback_outputs = callback_on_step_end(self, i, s, callback_kwargs)
+                callback_outputs = callback_on_step_end(self, i, timestep, callback_kwargs)
                 latents = callback_outputs.pop("latents", latents)
                 prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
                 negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
 
-        # 7. Decode latents
+        # 7. Decode latents (the inverse of the trainer's encoding: shift, then scale)
         if output_type == "latent":
             images = latents
         else:
-            images = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+            latents = latents / self.vae.config.scaling_factor
+            if getattr(self.vae.config, "shift_factor", None) is not None:
+                latents = latents + self.vae.config.shift_factor
+            images = self.vae.decode(latents, return_dict=False)[0]
             images = self.image_processor.postprocess(images, output_type=output_type)
         self.maybe_free_model_hooks()
 
@@ -509,13 +703,42 @@ class VDLPipeline(DiffusionPipeline):
             return (images,)
         return ImagePipelineOutput(images=images)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
+    # Saving, loading and uploading
+
+    def to_json_string(self) -> str:
+        """``model_index.json``: it names this file with the class, ``["pipeline_vdl", "VDLPipeline"]`` (diffusers'
+        convention for a pipeline whose code lies beside its weights), so that plain
+        ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` finds the code; and each
+        component's class as every supported transformers version has it."""
+        config = json.loads(super().to_json_string())
+        config["_class_name"] = [CUSTOM_PIPELINE, type(self).__name__]
+        for name in self.components:
+            library, class_name = config[name]
+            if library is not None:
+                config[name] = [library, _portable_class_name(library, class_name)]
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
+        """Reads ``model_index.json`` for loading into this class (or a subclass) itself: the file it names
+        is then not imported, so ``VDLPipeline.from_pretrained`` needs no ``trust_remote_code``."""
+        config = super()._dict_from_json_file(json_file)
+        if isinstance(config.get("_class_name"), list):
+            config["_class_name"] = cls.__name__
+        return config
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs):
         """Saves the components, and copies this file beside them so that plain diffusers loads the
-        folder with ``custom_pipeline="pipeline_vdl", trust_remote_code=True``."""
-        save_directory = os.fspath(save_directory)  # diffusers splits it as a string for push_to_hub=True
-        os.makedirs(save_directory, exist_ok=True)  # the copy precedes super() so push_to_hub=True uploads it
+        folder. With ``push_to_hub=True`` it then uploads the folder (``repo_id`` default: the folder's
+        name) with a model card that says how to load it."""
+        hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "commit_message", "create_pr") if k in kwargs}
+        save_directory = os.fspath(save_directory)
+        os.makedirs(save_directory, exist_ok=True)
         shutil.copy(__file__, os.path.join(save_directory, f"{CUSTOM_PIPELINE}.py"))
         super().save_pretrained(save_directory, **kwargs)
+        if push_to_hub:
+            repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            self._push_folder(save_directory, repo_id, **hub_kwargs)
 
     def push_to_hub(
         self,
@@ -527,19 +750,27 @@ class VDLPipeline(DiffusionPipeline):
         safe_serialization: bool = True,
         variant: str | None = None,
     ) -> str:
-        """Uploads the saved pipeline with a model card that says how to load it without this package
-        (diffusers' own card says nothing about ``custom_pipeline``)."""
-        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
-        model_card = load_or_create_model_card(
-            repo_id,
-            token=token,
-            is_pipeline=True,
-            model_description=MODEL_CARD.format(repo_id=repo_id, custom_pipeline=CUSTOM_PIPELINE),
-        )
-        model_card = populate_model_card(model_card, tags=["text-to-image", "vdl"])
+        """Uploads the saved pipeline with a model card that says how to load it with plain diffusers
+        (diffusers' own card is a template with TODO sections)."""
         with tempfile.TemporaryDirectory() as tmpdir:
             self.save_pretrained(tmpdir, safe_serialization=safe_serialization, variant=variant)
-            model_card.save(os.path.join(tmpdir, "README.md"))
-            return self._upload_folder(
-                tmpdir, repo_id, token=token, commit_message=commit_message, create_pr=create_pr
+            return self._push_folder(
+                tmpdir, repo_id, token=token, private=private, commit_message=commit_message, create_pr=create_pr
             )
+
+    def _push_folder(self, folder, repo_id, token=None, private=None, commit_message=None, create_pr=False) -> str:
+        """Creates ``repo_id`` if needed and uploads ``folder``, adding the Hub's card or, if the repository
+        has none, ours, unless the folder has its own ``README.md`` (train.py writes one)."""
+        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        card_path = os.path.join(folder, "README.md")
+        if not os.path.isfile(card_path):
+            try:
+                card = ModelCard.load(repo_id, token=token)
+            except (EntryNotFoundError, RepositoryNotFoundError):
+                card = ModelCard.from_template(
+                    ModelCardData(library_name="diffusers", pipeline_tag="text-to-image", tags=["text-to-image", "vdl"]),
+                    template_str=MODEL_CARD_TEMPLATE,
+                    model_description=MODEL_DESCRIPTION.format(usage=usage(repo_id)),
+                )
+            card.save(card_path)
+        return self._upload_folder(folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)

@@ -2,9 +2,11 @@
 
 import ast
 import functools
+import inspect
 import json
 import os
 import sys
+import textwrap
 
 import numpy as np
 import PIL.Image
@@ -12,6 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers.callbacks import SDCFGCutoffCallback
+from diffusers.models.attention_processor import AttnProcessor
 from diffusers.utils import hub_utils
 
 from vdl_diffusion import VDLPipeline
@@ -151,8 +155,9 @@ def test_conditions_are_normalised_clip_embeddings(pipe):
         PROMPTS, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
     )
     expected = F.normalize(pipe.text_encoder(text.input_ids).text_embeds, dim=-1)
-    t = pipe.encode_prompt(PROMPTS)
+    t, null = pipe.encode_prompt(PROMPTS)
     torch.testing.assert_close(t, expected)
+    torch.testing.assert_close(null, torch.zeros(2, D))  # the unconditional branch: the null embedding
     torch.testing.assert_close(t.norm(dim=-1), torch.ones(2))
     y = pipe.encode_image([PIL.Image.new("RGB", (40, 30), "red")])
     assert y.shape == (1, D)
@@ -161,7 +166,7 @@ def test_conditions_are_normalised_clip_embeddings(pipe):
 
 def test_prompt_embeds_stand_for_the_prompt(pipe):
     np.testing.assert_allclose(
-        sample(pipe, prompt=PROMPTS[0]), sample(pipe, prompt_embeds=pipe.encode_prompt(PROMPTS[0])), atol=1e-6
+        sample(pipe, prompt=PROMPTS[0]), sample(pipe, prompt_embeds=pipe.encode_prompt(PROMPTS[0])[0]), atol=1e-6
     )
 
 
@@ -212,7 +217,7 @@ def test_null_embedding_is_the_unconditional_branch(pipe, null):
 def test_negative_prompt_replaces_the_null_embedding(pipe):
     negative = sample(pipe, prompt=PROMPTS, negative_prompt="a black ring")
     assert not np.allclose(negative, sample(pipe, prompt=PROMPTS))
-    embeds = pipe.encode_prompt(["a black ring"] * 2)
+    embeds, _ = pipe.encode_prompt(["a black ring"] * 2, do_classifier_free_guidance=False)
     np.testing.assert_allclose(negative, sample(pipe, prompt=PROMPTS, negative_prompt_embeds=embeds), atol=1e-6)
 
 
@@ -232,7 +237,88 @@ def test_schedulers(pipe, scheduler_class):
     assert 0.7 < calls.inputs[0].std().item() < 1.3
 
 
+@pytest.mark.parametrize("schedule", [{"timesteps": [900, 500, 100]}, {"sigmas": [10.0, 3.0, 1.0, 0.3]}])
+def test_custom_timesteps_and_sigmas(pipe, schedule):
+    euler = VDLPipeline(**{**pipe.components, "scheduler": EulerDiscreteScheduler.from_config(pipe.scheduler.config)})
+    euler.set_progress_bar_config(disable=True)
+    with UNetCalls(euler.unet) as calls:
+        images = sample(euler, prompt=PROMPTS[0], num_inference_steps=50, **schedule)  # the schedule wins
+    assert len(calls.batch_sizes) == euler.num_timesteps == 3 and np.isfinite(images).all()
+    if "timesteps" in schedule:
+        assert euler.scheduler.timesteps.tolist() == schedule["timesteps"]
+
+
+def test_eta_reaches_ddim_and_other_schedulers_ignore_it(pipe):
+    assert not np.allclose(sample(pipe, prompt=PROMPTS[0]), sample(pipe, prompt=PROMPTS[0], eta=1.0))
+    euler = VDLPipeline(**{**pipe.components, "scheduler": EulerDiscreteScheduler.from_config(pipe.scheduler.config)})
+    euler.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(sample(euler, prompt=PROMPTS[0]), sample(euler, prompt=PROMPTS[0], eta=1.0))
+
+
+# Attention processors
+
+
+class ScaledAttnProcessor(AttnProcessor):
+    """The classic processor, its output multiplied by ``multiplier``: an option only `cross_attention_kwargs` can set."""
+
+    def __init__(self):
+        self.multipliers = []
+
+    def __call__(self, attn, hidden_states, *args, multiplier=1.0, **kwargs):
+        self.multipliers.append(multiplier)
+        return multiplier * super().__call__(attn, hidden_states, *args, **kwargs)
+
+
+def test_cross_attention_kwargs_reach_the_attention_processors():
+    pipe = tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    processor = ScaledAttnProcessor()
+    pipe.unet.set_attn_processor(processor)
+    default = sample(pipe, prompt=PROMPTS[0])
+    assert set(processor.multipliers) == {1.0}
+    processor.multipliers.clear()
+    scaled = sample(pipe, prompt=PROMPTS[0], cross_attention_kwargs={"multiplier": 0.5})
+    assert set(processor.multipliers) == {0.5} and pipe.cross_attention_kwargs == {"multiplier": 0.5}
+    assert not np.allclose(default, scaled)
+
+
 # Callbacks
+
+
+def test_callbacks_read_num_timesteps_and_change_the_guidance_scale(pipe):
+    """diffusers' own callbacks work: SDCFGCutoffCallback reads `num_timesteps` and sets `_guidance_scale`,
+    which the loop reads at every step (a local copy would ignore it)."""
+    with UNetCalls(pipe.unet) as calls:
+        sample(pipe, prompt=PROMPTS[0], num_inference_steps=4, callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=0.5))
+    assert pipe.num_timesteps == 4 and pipe.guidance_scale == 0.0
+    assert calls.batch_sizes == [2, 2, 2, 1]  # guidance off after step int(4 × 0.5) = 2
+
+    def raise_guidance(pipeline, i, timestep, callback_kwargs):
+        pipeline._guidance_scale += 1.0
+        return callback_kwargs
+
+    raised = sample(pipe, prompt=PROMPTS[0], guidance_scale=2.0, callback_on_step_end=raise_guidance)
+    assert pipe.guidance_scale == 2.0 + pipe.num_timesteps
+    assert not np.allclose(raised, sample(pipe, prompt=PROMPTS[0], guidance_scale=2.0))
+
+
+def test_interrupt_stops_denoising_where_it_is(pipe):
+    seen = []
+
+    def record(pipeline, i, timestep, callback_kwargs):
+        seen.append(callback_kwargs["latents"].clone())
+        return {}
+
+    def interrupt_after_step_1(pipeline, i, timestep, callback_kwargs):
+        pipeline._interrupt = i == 1
+        return {}
+
+    common = dict(prompt=PROMPTS, num_inference_steps=4, output_type="latent")
+    sample(pipe, callback_on_step_end=record, **common)
+    with UNetCalls(pipe.unet) as calls:
+        interrupted = sample(pipe, callback_on_step_end=interrupt_after_step_1, **common)
+    assert pipe.interrupt and len(calls.batch_sizes) == 2
+    torch.testing.assert_close(interrupted, seen[1])
 
 
 def test_callback_on_step_end(pipe):
@@ -253,6 +339,63 @@ def test_callback_on_step_end(pipe):
     ).images
     assert seen == [(i, ["latents", "negative_prompt_embeds", "prompt_embeds"]) for i in range(STEPS)]
     assert torch.count_nonzero(latents) == 0  # the returned tensors replace the pipeline's own
+
+
+# Optional components and embeddings from elsewhere
+
+
+def without(pipe, *names):
+    return VDLPipeline(**{**pipe.components, **dict.fromkeys(names)})
+
+
+def test_encode_prompt_works_in_isolation(pipe):
+    """As diffusers' pipeline tests check it: `encode_prompt` on a pipeline that has only the text encoder and
+    tokenizer; its outputs, named as `__call__`'s arguments, drive a pipeline without them to the same images."""
+    text_only = without(pipe, "vae", "unet", "scheduler", "image_encoder", "feature_extractor")
+    returned = [
+        [element.id for element in node.value.elts]
+        for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(VDLPipeline.encode_prompt))))
+        if isinstance(node, ast.Return)
+    ]
+    assert returned == [["prompt_embeds", "negative_prompt_embeds"]]
+    assert set(returned[0]) <= set(inspect.signature(VDLPipeline.__call__).parameters)
+    with torch.no_grad():
+        embeds = dict(zip(returned[0], text_only.encode_prompt(PROMPTS, negative_prompt="a black ring", num_images_per_prompt=2)))
+    no_text = without(pipe, "text_encoder", "tokenizer")
+    no_text.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(
+        sample(no_text, **embeds), sample(pipe, prompt=PROMPTS, negative_prompt="a black ring", num_images_per_prompt=2), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="`prompt` needs `text_encoder` and `tokenizer`.*pass `prompt_embeds`"):
+        no_text("a red circle")
+    with pytest.raises(ValueError, match="Sampling needs `unet` and `scheduler`.*without unet and scheduler"):
+        text_only(prompt_embeds=embeds["prompt_embeds"])
+    with pytest.raises(ValueError, match="`output_type='np'` needs `vae`"):
+        without(pipe, "vae")(PROMPTS[0], output_type="np")
+    latents = without(pipe, "vae")(PROMPTS[0], output_type="latent", num_inference_steps=1).images
+    assert latents.shape == (1, 4, 8, 8)
+
+
+def test_loads_only_the_parts_asked_for(saved):
+    _, path = saved
+    text_only = VDLPipeline.from_pretrained(path, unet=None, vae=None)
+    assert text_only.unet is None and text_only.vae is None and text_only.text_encoder is not None
+    prompt_embeds, negative_prompt_embeds = text_only.encode_prompt(PROMPTS)
+    assert prompt_embeds.shape == negative_prompt_embeds.shape == (2, D)
+    no_text = VDLPipeline.from_pretrained(path, text_encoder=None, tokenizer=None)
+    no_text.set_progress_bar_config(disable=True)
+    assert sample(no_text, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds).shape == (2, 32, 32, 3)
+
+
+def test_optional_components_save_and_load_as_none(pipe, tmp_path):
+    assert set(pipe.components) == {"vae", "unet", "scheduler", "tokenizer", "text_encoder", "image_encoder", "feature_extractor"}
+    text_to_image = without(pipe, *VDLPipeline._optional_components)
+    text_to_image.set_progress_bar_config(disable=True)
+    text_to_image.save_pretrained(tmp_path)
+    loaded = VDLPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert all(getattr(loaded, name) is None for name in VDLPipeline._optional_components)
+    np.testing.assert_array_equal(sample(text_to_image, prompt=PROMPTS), sample(loaded, prompt=PROMPTS))
 
 
 # Saving and loading
@@ -280,11 +423,21 @@ def test_saved_pipeline_file_needs_only_torch_diffusers_transformers(saved):
     assert {m.split(".")[0] for m in modules} <= allowed
 
 
-def test_loads_with_plain_diffusers(saved, null):
+def test_model_index_names_the_code_and_classes_every_supported_version_has(saved):
+    _, path = saved
+    index = json.loads((path / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_vdl", "VDLPipeline"]
+    # transformers 5 without torchvision builds CLIPImageProcessorPil, a class transformers 4 lacks.
+    assert index["feature_extractor"] == ["transformers", "CLIPImageProcessor"]
+    assert index["tokenizer"] == ["transformers", "CLIPTokenizer"]
+
+
+@pytest.mark.parametrize("custom_pipeline", [None, "pipeline_vdl"])
+def test_loads_with_plain_diffusers(saved, null, custom_pipeline):
     pipe, path = saved
     with pytest.raises(ValueError, match="trust_remote_code"):
-        DiffusionPipeline.from_pretrained(path, custom_pipeline="pipeline_vdl")
-    loaded = DiffusionPipeline.from_pretrained(path, custom_pipeline="pipeline_vdl", trust_remote_code=True)
+        DiffusionPipeline.from_pretrained(path, custom_pipeline=custom_pipeline)
+    loaded = DiffusionPipeline.from_pretrained(path, custom_pipeline=custom_pipeline, trust_remote_code=True)
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded).__name__ == "VDLPipeline" and type(loaded) is not VDLPipeline  # the saved file's class
     assert loaded.config.null_embedding == null
@@ -318,9 +471,9 @@ def test_push_to_hub_uploads_weights_code_and_card(pipe, tmp_path, monkeypatch, 
     [(repo_id, files, card)] = uploads
     assert repo_id == "someone/vdl-tiny"
     assert {"README.md", "model_index.json", "pipeline_vdl.py", "unet/diffusion_pytorch_model.safetensors"} <= files
-    assert "library_name: diffusers" in card
-    if via == "push_to_hub":  # our card says how to load the repository without vdl-diffusion
-        assert 'custom_pipeline="pipeline_vdl", trust_remote_code=True' in card and "- vdl" in card
+    assert "library_name: diffusers" in card and "TODO" not in card and "- vdl" in card
+    # Our card says how to load the repository, by its id, without vdl-diffusion.
+    assert 'DiffusionPipeline.from_pretrained("someone/vdl-tiny", custom_pipeline="pipeline_vdl", trust_remote_code=True)' in card
 
 
 # Test builders
@@ -423,6 +576,9 @@ def test_tiny_clip_folder_loads_like_openai_clip(tmp_path):
             "`generator` is a list of 2 generators but 1 images",
         ),
         ({"image": "cat.png"}, TypeError, "`image` must be a PIL image"),
+        ({"prompt": "a", "timesteps": [900, 100]}, ValueError, "`timesteps` needs a scheduler .* DDIMScheduler's does not"),
+        ({"prompt": "a", "timesteps": [900], "sigmas": [1.0]}, ValueError, "`timesteps` or `sigmas`.*not both"),
+        ({"prompt": "a", "cross_attention_kwargs": 0.5}, TypeError, "`cross_attention_kwargs` must be a dict"),
         ({"prompt": "a", "num_inference_steps": 0}, ValueError, "`num_inference_steps` must be a positive int.*got 0"),
         ({"prompt": "a", "num_inference_steps": -3}, ValueError, "`num_inference_steps` must be .*got -3"),
         ({"prompt": "a", "num_inference_steps": 2.5}, ValueError, "`num_inference_steps` must be .*got 2.5"),

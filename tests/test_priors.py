@@ -65,7 +65,7 @@ def test_estimate_text_cone_runs_the_text_encoder():
     tokens = clip["tokenizer"](texts, padding="max_length", max_length=clip["tokenizer"].model_max_length, return_tensors="pt")
     with torch.no_grad():
         direction = F.normalize(F.normalize(clip["text_encoder"](**tokens).text_embeds, dim=-1).mean(0), dim=0)
-    torch.testing.assert_close(m_t, direction, atol=1e-5, rtol=0)
+    torch.testing.assert_close(m_t, direction, atol=1e-4, rtol=0)  # other batch sizes: not bitwise
     assert kappa_t > 0
 
 
