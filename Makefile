@@ -3,17 +3,40 @@ PYTHON ?= python3
 # accelerate launch gives a lone process one CPU thread unless told otherwise; the toy run uses every core.
 THREADS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())")
 export HF_HUB_OFFLINE ?= 1
+# Waiting OpenMP threads sleep instead of spinning: with other processes on the cores, spinning threads
+# burn their time slices waiting for a descheduled partner and a step takes many times longer
+# (examples/busy_machine.py; docs/performance.md).
+export OMP_WAIT_POLICY ?= PASSIVE
+
+# The torch that `make setup` installs where none is installed; any pip requirement and options, e.g.
+#   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"   (the CPU build, ~200 MB)
+# Given on the command line (or in the environment) it is installed even over an installed torch.
+# The default pin resolves to the CPU build only where a CPU wheel is offered first (a local wheel
+# folder, PyTorch's CPU index); from the public index alone it is the CUDA build on Linux, several GB.
+TORCH ?= torch==2.13.0
 
 .PHONY: setup toy test
 
-# torch first: a CPU build where none is installed (an unpinned torch would pull a multi-GB CUDA build).
 setup:
-	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "torch==2.13.0"
-	@$(PYTHON) -m pip install -q -e ".[dev]"
+	@if [ "$(origin TORCH)" = "command line" ] || [ "$(origin TORCH)" = "environment" ] || ! $(PYTHON) -c "import torch" 2>/dev/null; then \
+		echo "setup: installing $(TORCH) (pip install $(TORCH))"; \
+		$(PYTHON) -m pip install $(TORCH) || exit 1; \
+	fi
+	@$(PYTHON) -c "import torch; print(f'setup: torch {torch.__version__}, ' + (f'built for CUDA {torch.version.cuda}' if torch.version.cuda else 'CPU-only build') + '; choose another with make setup TORCH=...')"
+	@if $(PYTHON) -c "import importlib.metadata as m; m.distribution('vdl-diffusion')" 2>/dev/null; then \
+		echo "setup: vdl-diffusion is installed; checking its dependencies (pip install -q -e '.[dev]')"; \
+		$(PYTHON) -m pip install -q -e ".[dev]"; \
+	else \
+		echo "setup: installing vdl-diffusion and its dependencies: diffusers, transformers, accelerate, datasets, pytest, ... (pip install -e '.[dev]'; minutes the first time)"; \
+		$(PYTHON) -m pip install -e ".[dev]"; \
+	fi
 
 # The main job: VDL on the built-in toy world (shipped CLIP and VAE), a VDLPipeline in outputs/vdl-toy.
+# A rerun resumes an interrupted run from its last checkpoint (a finished one only re-exports);
+# ARGS are train.py's flags, e.g. make toy ARGS="--max_train_steps 500" for a quick look.
 toy: setup
-	accelerate launch --num_cpu_threads_per_process $(THREADS) train.py $(ARGS)
+	accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		--num_cpu_threads_per_process $(THREADS) train.py --resume_from_checkpoint latest $(ARGS)
 
 test: setup
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)

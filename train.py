@@ -7,7 +7,8 @@ UNet is exported as a ``VDLPipeline`` that is prompted with real CLIP text embed
 
 With no arguments it trains on the built-in toy world (shipped CLIP and VAE, no download):
 
-    accelerate launch train.py                                   # one CPU or one GPU
+    make toy                                                     # the same, set up, resumed if interrupted
+    OMP_WAIT_POLICY=PASSIVE accelerate launch train.py           # one CPU (PASSIVE: see busy_machine_warning) or one GPU
     accelerate launch --num_processes 2 train.py ...             # several processes / GPUs (DDP)
     accelerate launch --multi_gpu --num_machines 2 --machine_rank 0 \\
         --main_process_ip 10.0.0.1 --main_process_port 29500 --num_processes 16 train.py ...   # nodes
@@ -42,24 +43,29 @@ from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
+from huggingface_hub import constants as hub_constants
 from tqdm.auto import tqdm
 
-from vdl_diffusion import VDLPipeline
+# vdl_diffusion.cache loads .encoders first, which resolves CLIPImageProcessor without transformers' torchvision warning.
 from vdl_diffusion.cache import build_or_load_cache
 from vdl_diffusion.checkpoints import find_checkpoint, is_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from vdl_diffusion.conditioning import METHODS
-from vdl_diffusion.data import load_image_dataset, write_skipped
+from vdl_diffusion.data import INTERPOLATION_MODES, is_saved_dataset, load_image_dataset, write_skipped
 from vdl_diffusion.encoders import FrozenEncoders
 from vdl_diffusion.files import atomic_folder, locked, publish_entries
-from vdl_diffusion.hub import push_pipeline_to_hub, save_model_card
+from vdl_diffusion.hub import create_hub_repo, push_checkpoint_to_hub, push_pipeline_to_hub, save_model_card
 from vdl_diffusion.models import PRESET_LEARNING_RATES, UNET_PRESETS, build_noise_scheduler, build_sampling_scheduler, build_unet
 from vdl_diffusion.objective import ELBO, beta_at
+from vdl_diffusion.pipelines import VDLPipeline
 from vdl_diffusion.posterior import FAMILIES, BankMixturePosterior, TextEmbeddingPosterior
 from vdl_diffusion.priors import PRIORS, LearnedPrior, TextBankPrior, build_prior, estimate_text_cone
 from vdl_diffusion.text_bank import load_texts, with_bank_candidates
-from vdl_diffusion.toy import TOY_CLIP, TOY_VAE, ToyWorld, write_imagefolder
+from vdl_diffusion.toy import TOY_CLIP, TOY_VAE, ToyWorld, as_dataset
 
 logger = get_logger(__name__)
+
+DEFAULT_MAX_TRAIN_STEPS = 6000  # the toy world's default run (README, "Quick start")
+TOY_VALIDATION_PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow ring"]
 
 
 def _number(kind, accept, requirement: str):
@@ -88,7 +94,7 @@ unit_interval = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data (default: the toy world's training images, without captions)")
-    g.add_argument("--dataset_name", help="A Hugging Face Hub dataset of images.")
+    g.add_argument("--dataset_name", help="A Hugging Face Hub dataset of images, or a folder written by datasets' save_to_disk.")
     g.add_argument("--toy_train_images", type=positive_int, default=20000, help="Size of the toy world's training split (the default data).")
     g.add_argument("--dataset_config_name", help="The dataset's configuration, if it has several.")
     g.add_argument("--train_data_dir", help="A local image folder (datasets' imagefolder layout).")
@@ -96,20 +102,41 @@ def parse_args(argv=None):
     g.add_argument("--caption_column", help="Column holding captions; only for --method supervised or --caption_fraction > 0.")
     g.add_argument("--caption_fraction", type=unit_interval, default=0.0, help="Share of images whose caption training may see (semi-supervised).")
     g.add_argument("--resolution", type=positive_int, default=32, help="Training images are resized and cropped to this size.")
+    g.add_argument(
+        "--image_interpolation_mode", default="bilinear", choices=sorted(INTERPOLATION_MODES),
+        help="The filter that resizes training images (diffusers' scripts default to lanczos).",
+    )
     g.add_argument("--center_crop", action="store_true", help="Center-crop instead of random-crop.")
     g.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random.")
     g.add_argument("--max_train_samples", type=positive_int, help="Use only the first N images (debugging, quick runs).")
-    g.add_argument("--cache_dir", default="cache", help="Where encoded latents and CLIP embeddings are cached.")
+    g.add_argument(
+        "--embedding_cache_dir", default=os.path.join(hub_constants.HF_HOME, "vdl-diffusion"),
+        help="Where encoded latents and CLIP embeddings are cached, and the toy world's images saved (default: $HF_HOME/vdl-diffusion, "
+        "beside the Hugging Face caches: %(default)s).",
+    )
     g.add_argument("--no_cache", action="store_true", help="Run the frozen encoders in every step (streaming data too large to cache).")
+    g.add_argument("--cache_in_memory", action="store_true", help="Hold the embedding cache in RAM if it fits in half the available memory (logged); else it stays memory-mapped.")
     g.add_argument("--dataloader_num_workers", type=non_negative_int, default=0, help="Data loader worker processes.")
 
     g = p.add_argument_group("models")
     g.add_argument("--pretrained_clip", help="A CLIP with projection heads (e.g. openai/clip-vit-large-patch14); default: the toy CLIP.")
-    g.add_argument("--pretrained_vae", help="An AutoencoderKL (e.g. stabilityai/sd-vae-ft-mse); default: the toy VAE.")
+    g.add_argument(
+        "--pretrained_model_name_or_path",
+        help="A Stable Diffusion-layout repository (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5): its vae/ is the VAE. "
+        "Nothing else is read from it (its UNet and text encoder do not take a pooled CLIP embedding).",
+    )
+    g.add_argument("--pretrained_vae", help="An AutoencoderKL, alone (e.g. stabilityai/sd-vae-ft-mse) or in a pipeline's vae/; default: the toy VAE.")
     g.add_argument("--unet_preset", default="tiny", choices=sorted(UNET_PRESETS), help="Size of a fresh UNet (tiny fits the toy world's 10-minute CPU budget).")
     g.add_argument("--pretrained_unet", help="Start from this UNet2DConditionModel instead of a fresh one.")
     g.add_argument("--pretrained_pipeline", help="Continue from a saved VDLPipeline (its UNet, posterior and prior).")
     g.add_argument("--revision", help="Hub revision of the pretrained models.")
+    g.add_argument(
+        "--non_ema_revision",
+        help="With --use_ema and --pretrained_unet/--pretrained_pipeline: the Hub revision whose UNet weights are trained "
+        "(the EMA starts from --revision's).",
+    )
+    g.add_argument("--variant", help="Variant of the diffusers weight files to load (e.g. fp16): the VAE's; CLIP checkpoints have none.")
+    g.add_argument("--cache_dir", help="Where models and datasets downloaded from the Hub are stored (default: the Hub's cache).")
 
     g = p.add_argument_group("method (METHOD.md)")
     g.add_argument("--method", default="vdl", choices=METHODS, help="What conditions the UNet in training.")
@@ -140,8 +167,11 @@ def parse_args(argv=None):
     g = p.add_argument_group("optimisation")
     g.add_argument("--train_batch_size", type=positive_int, default=32, help="Batch size per process.")
     g.add_argument("--gradient_accumulation_steps", type=positive_int, default=1, help="Steps to accumulate before an update.")
-    g.add_argument("--max_train_steps", type=positive_int, default=6000, help="Total optimisation steps (--num_train_epochs overrides it).")
-    g.add_argument("--num_train_epochs", type=positive_int, help="Train for this many epochs instead of --max_train_steps.")
+    g.add_argument(
+        "--max_train_steps", type=positive_int,
+        help=f"Total optimisation steps; overrides --num_train_epochs, as in diffusers' scripts (default {DEFAULT_MAX_TRAIN_STEPS} if neither is given).",
+    )
+    g.add_argument("--num_train_epochs", type=positive_int, help="Train for this many epochs, unless --max_train_steps is given.")
     g.add_argument(
         "--learning_rate", type=positive_float,
         help=f"Peak learning rate. Default: the --unet_preset's ({', '.join(f'{k} {v:g}' for k, v in PRESET_LEARNING_RATES.items())}); "
@@ -154,6 +184,7 @@ def parse_args(argv=None):
     g.add_argument("--adam_beta2", type=probability, default=0.999, help="AdamW β2.")
     g.add_argument("--adam_weight_decay", type=non_negative_float, default=1e-2, help="AdamW weight decay.")
     g.add_argument("--adam_epsilon", type=positive_float, default=1e-8, help="AdamW ε.")
+    g.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW (pip install vdl-diffusion[bitsandbytes]; GPU).")
     g.add_argument("--max_grad_norm", type=positive_float, default=1.0, help="Gradient clipping norm.")
     g.add_argument("--prediction_type", default="epsilon", choices=["epsilon", "v_prediction"], help="The UNet's target.")
     g.add_argument("--snr_gamma", type=non_negative_float, default=5.0, help="Min-SNR-γ loss weighting (Hang et al. 2023), which converges in far fewer steps; 0 turns it off.")
@@ -169,19 +200,27 @@ def parse_args(argv=None):
     g = p.add_argument_group("checkpoints and outputs")
     g.add_argument("--output_dir", default="outputs/vdl-toy", help="Where the pipeline, checkpoints and samples go.")
     g.add_argument("--checkpointing_steps", type=positive_int, default=1000, help="Save a resumable checkpoint every N steps.")
-    g.add_argument("--checkpoints_total_limit", type=positive_int, help="Keep at most this many checkpoints.")
+    g.add_argument(
+        "--checkpoints_total_limit", type=non_negative_int, default=2,
+        help="Keep at most this many checkpoints, the newest (default 2: the last, and one more should it be damaged); 0 keeps every one.",
+    )
     g.add_argument("--resume_from_checkpoint", help="'latest' (in --output_dir) or a checkpoint folder.")
-    g.add_argument("--validation_prompts", nargs="*", default=["a red circle", "a blue square", "a green triangle", "a yellow ring"], help="Prompts sampled at each validation (none: no validation).")
+    g.add_argument(
+        "--validation_prompts", nargs="*",
+        help=f"Prompts sampled at each validation; the flag alone: no validation (default: {', '.join(TOY_VALIDATION_PROMPTS)} on the toy world, none on other data).",
+    )
     g.add_argument("--validation_steps", type=positive_int, default=1000, help="Sample the validation prompts every N steps.")
+    g.add_argument("--validation_epochs", type=positive_int, help="Also sample them at the end of every N-th epoch.")
     g.add_argument("--num_validation_images", type=positive_int, default=4, help="Images per validation prompt.")
     g.add_argument("--guidance_scale", type=non_negative_float, default=3.0, help="Guidance for validation samples.")
     g.add_argument("--logging_steps", type=positive_int, default=10, help="Log (and check the loss is finite) every N steps.")
     g.add_argument("--report_to", help="tensorboard, wandb, all or none (default: tensorboard if installed, else none).")
     g.add_argument("--logging_dir", default="logs", help="Tracker logs, under --output_dir.")
-    g.add_argument("--push_to_hub", action="store_true", help="Upload the final pipeline and a model card.")
+    g.add_argument("--tracker_project_name", default="vdl-diffusion", help="The project name passed to the trackers (e.g. wandb's project).")
+    g.add_argument("--push_to_hub", action="store_true", help="Upload the final pipeline and a model card; the repository is created first, before training.")
     g.add_argument("--hub_model_id", help="Hub repository (default: the output folder's name).")
     g.add_argument("--hub_token", help="Hub token (default: the saved login).")
-    g.add_argument("--push_checkpoints", action="store_true", help="Also upload checkpoints to the Hub as they are written.")
+    g.add_argument("--push_checkpoints", action="store_true", help="Also upload checkpoints to the Hub as they are written (a failed upload is retried, then skipped).")
     args = p.parse_args(argv)
     check_args(p, args)
     return args
@@ -195,7 +234,7 @@ def check_args(parser, args):
     toy_world = not (args.dataset_name or args.train_data_dir)
     if needs_captions and not args.caption_column:
         if toy_world:
-            args.caption_column = "text"  # the toy world's image folder stores its captions there
+            args.caption_column = "text"  # the toy world's dataset stores its captions there
         else:
             parser.error(f"--method {args.method} / --caption_fraction / --prior learned need captions: pass --caption_column.")
     if args.method == "supervised":
@@ -210,10 +249,21 @@ def check_args(parser, args):
         parser.error(f"--resolution must be a multiple of 8, got {args.resolution}.")
     if args.mixed_precision == "fp16" and not torch.accelerator.is_available():
         parser.error("--mixed_precision fp16 needs a GPU; on the CPU use bf16 or no.")
-    for flag in ("pretrained_clip", "pretrained_vae", "pretrained_unet", "pretrained_pipeline"):
+    for flag in ("pretrained_clip", "pretrained_model_name_or_path", "pretrained_vae", "pretrained_unet", "pretrained_pipeline", "dataset_name"):
         name = getattr(args, flag)
         if name and not Path(name).exists() and _looks_like_a_path(name):
-            parser.error(f"--{flag} {name}: no such folder (a Hub model is named like 'openai/clip-vit-large-patch14').")
+            example = "user/my-images" if flag == "dataset_name" else "openai/clip-vit-large-patch14"
+            parser.error(f"--{flag} {name}: no such folder (a Hub {'dataset' if flag == 'dataset_name' else 'model'} is named like '{example}').")
+    if args.pretrained_model_name_or_path and args.pretrained_vae:
+        parser.error("--pretrained_model_name_or_path supplies only the VAE (its vae/): give it or --pretrained_vae, not both.")
+    if args.non_ema_revision and not (args.use_ema and (args.pretrained_unet or args.pretrained_pipeline)):
+        parser.error("--non_ema_revision applies to a pretrained UNet trained with an EMA: add --use_ema and --pretrained_unet or --pretrained_pipeline.")
+    if args.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
+        parser.error("--use_8bit_adam needs bitsandbytes: pip install vdl-diffusion[bitsandbytes] (or pip install bitsandbytes).")
+    if args.max_train_steps is None and args.num_train_epochs is None:
+        args.max_train_steps = DEFAULT_MAX_TRAIN_STEPS  # otherwise main() counts it from the epochs, once the data is known
+    if args.validation_prompts is None:
+        args.validation_prompts = list(TOY_VALIDATION_PROMPTS) if toy_world else []
     if args.train_data_dir and not Path(args.train_data_dir).exists():
         parser.error(f"--train_data_dir {args.train_data_dir}: no such folder.")
     if args.prior_texts and ":" not in args.prior_texts and not Path(args.prior_texts).exists():
@@ -260,6 +310,10 @@ def main(args):
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
+    if warning := busy_machine_warning(*cpu_load()):
+        logger.warning(warning)
+    # The Hub repository first: a wrong name or token fails now, not after training.
+    repo_id = create_hub_repo(args.hub_model_id or output_dir.name, token=args.hub_token) if args.push_to_hub and accelerator.is_main_process else None
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
     # No per-step argument checks in the distributions' hot path: a diverging run is caught by the
@@ -271,27 +325,39 @@ def main(args):
         (output_dir / "training_args.json").write_text(json.dumps(public_args(args), indent=2))
 
     # Frozen encoders: CLIP (f_I, f_T) and the VAE. They run once per image to fill the cache.
-    encoders = FrozenEncoders.from_pretrained(args.pretrained_clip or TOY_CLIP, args.pretrained_vae or TOY_VAE, revision=args.revision)
+    encoders = FrozenEncoders.from_pretrained(
+        args.pretrained_clip or TOY_CLIP, args.pretrained_vae or args.pretrained_model_name_or_path or TOY_VAE,
+        vae_subfolder="vae" if args.pretrained_model_name_or_path else None, **hub_kwargs(args),
+    )
     encoders.to(accelerator.device)
 
     # Data: images (and captions only where the method may see them), encoded once into the cache.
     dataset, skipped = load_image_dataset(
-        dataset_name=args.dataset_name,
+        dataset_name=args.dataset_name or (None if args.train_data_dir else str(toy_train_dataset(accelerator, args))),
         dataset_config_name=args.dataset_config_name,
-        train_data_dir=args.train_data_dir or (None if args.dataset_name else toy_train_dir(accelerator, args)),
+        train_data_dir=args.train_data_dir,
         image_column=args.image_column,
         caption_column=args.caption_column,
         max_train_samples=args.max_train_samples,
+        cache_dir=args.cache_dir,
     )
     logger.info(f"{len(dataset)} training images; {len(skipped)} could not be decoded and are skipped.")
     if accelerator.is_main_process:
         write_skipped(skipped, output_dir)
     train_dataset = build_or_load_cache(
-        accelerator, dataset, encoders, args.cache_dir, resolution=args.resolution, image_column=args.image_column,
+        accelerator, dataset, encoders, args.embedding_cache_dir, resolution=args.resolution, image_column=args.image_column,
         center_crop=args.center_crop, random_flip=args.random_flip, caption_column=args.caption_column,
         caption_fraction=args.caption_fraction, seed=args.seed, num_workers=args.dataloader_num_workers,
-        no_cache=args.no_cache,
+        no_cache=args.no_cache, interpolation=args.image_interpolation_mode,
     )
+    if args.cache_in_memory and not args.no_cache:
+        train_dataset.load_into_memory()  # logs whether the cache fits
+    num_captions = train_dataset.num_captions
+    if args.caption_fraction > 0:
+        logger.info(
+            f"Training reads the captions of {num_captions} of {len(train_dataset)} images ({num_captions / len(train_dataset):.1%}; "
+            f"--caption_fraction {args.caption_fraction} of those that have one)."
+        )
 
     # The generator p_θ(x | t), the posterior q_φ(t | x, y) and the prior p(t | y).
     unet, posterior, prior = build_models(args, encoders)
@@ -300,18 +366,20 @@ def main(args):
     elbo = ELBO(
         unet, noise_scheduler, method=args.method, posterior=posterior, prior=prior, p_uncond=args.p_uncond,
         learn_null_embedding=args.learn_null_embedding, lafite_xi=args.lafite_xi, caption_weight=args.caption_weight,
-        snr_gamma=args.snr_gamma or None, noise_offset=args.noise_offset,
+        snr_gamma=args.snr_gamma or None, noise_offset=args.noise_offset, captions=num_captions > 0,
     )
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if args.enable_xformers_memory_efficient_attention:
         unet.enable_xformers_memory_efficient_attention()
     ema_unet = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=UNet2DConditionModel, model_config=unet.config) if args.use_ema else None
+    if args.non_ema_revision:  # the EMA holds --revision's weights; the trained UNet starts from these
+        unet.load_state_dict(load_pretrained_unet(args, revision=args.non_ema_revision).state_dict())
 
     total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if args.scale_lr:
         args.learning_rate *= total_batch_size
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw_class(args.use_8bit_adam)(
         [p for p in elbo.parameters() if p.requires_grad], lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
     )
@@ -325,8 +393,10 @@ def main(args):
     if len(train_dataloader) == 0:
         raise ValueError(f"{len(train_dataset)} images are fewer than one batch of {args.train_batch_size}: lower --train_batch_size.")
     updates_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
-    if args.num_train_epochs:
+    if args.max_train_steps is None:  # as in diffusers' scripts, steps win over epochs
         args.max_train_steps = args.num_train_epochs * updates_per_epoch
+    elif args.num_train_epochs:
+        logger.info(f"--max_train_steps {args.max_train_steps} is given, so --num_train_epochs {args.num_train_epochs} is not used.")
     lr_scheduler = get_scheduler(
         args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
@@ -337,7 +407,8 @@ def main(args):
     if ema_unet is not None:
         ema_unet.to(accelerator.device)
     if accelerator.is_main_process:
-        accelerator.init_trackers("vdl-diffusion", config={k: str(v) if isinstance(v, list) else v for k, v in public_args(args).items()})
+        config = {k: str(v) if isinstance(v, list) else v for k, v in public_args(args).items()}
+        accelerator.init_trackers(args.tracker_project_name, config={**config, "num_images": len(train_dataset), "num_captions": num_captions})
     set_seed(args.seed, device_specific=True)  # from here on, each process draws its own noise
 
     global_step, first_epoch, skip_batches = 0, 0, 0
@@ -403,26 +474,34 @@ def main(args):
                 state = {"global_step": global_step, "max_train_steps": args.max_train_steps}
                 saved = save_checkpoint(accelerator, output_dir, state, ema_unet, args.checkpoints_total_limit)
                 if args.push_to_hub and args.push_checkpoints and accelerator.is_main_process:
-                    push_pipeline_to_hub(saved, args.hub_model_id or output_dir.name, token=args.hub_token, path_in_repo=saved.name)
+                    push_checkpoint_to_hub(saved, repo_id, token=args.hub_token)  # retried, then skipped with a warning
             if args.validation_prompts and (global_step % args.validation_steps == 0 or done) and accelerator.is_main_process:
-                with ema_weights(ema_unet, accelerator.unwrap_model(elbo).unet):
-                    log_validation(args, accelerator, build_pipeline(accelerator.unwrap_model(elbo), encoders, args), global_step)
+                validate(args, accelerator, elbo, ema_unet, encoders, global_step)
             if done:
                 break
+        end_of_epoch_validation = args.validation_epochs and (epoch + 1) % args.validation_epochs == 0
+        if end_of_epoch_validation and args.validation_prompts and global_step < args.max_train_steps and accelerator.is_main_process:
+            validate(args, accelerator, elbo, ema_unet, encoders, global_step)
+    progress.close()  # its last line before the export's log, not after the run's summary
 
     accelerator.wait_for_everyone()
     check_replicas_in_sync(accelerator, elbo)
     if accelerator.is_main_process:
-        export_pipeline(accelerator.unwrap_model(elbo), ema_unet, encoders, args, global_step)
-        logger.info(f"Saved the VDLPipeline to {output_dir}; load it with VDLPipeline.from_pretrained({str(output_dir)!r}).")
+        export_pipeline(
+            accelerator.unwrap_model(elbo), ema_unet, encoders, args, global_step, repo_id=repo_id,
+            num_images=len(train_dataset), num_captions=num_captions,
+        )
         if args.push_to_hub:
-            push_pipeline_to_hub(output_dir, args.hub_model_id or output_dir.name, token=args.hub_token)
+            push_pipeline_to_hub(output_dir, repo_id, token=args.hub_token)
+            logger.info(f"Uploaded it to https://huggingface.co/{repo_id}.")
+        logger.info(run_summary(args, global_step))
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
 
-def export_pipeline(model, ema_unet, encoders, args, step):
-    """The VDLPipeline with ``posterior/``, ``prior/`` and a model card in --output_dir.
+def export_pipeline(model, ema_unet, encoders, args, step, **card):
+    """The VDLPipeline with ``posterior/``, ``prior/`` and a model card (``card``: `save_model_card`'s
+    keywords) in --output_dir.
 
     Assembled in a hidden folder and moved in with ``model_index.json`` last: a kill or a full disk
     leaves the previous export or none that loads, never a mix of the two.
@@ -435,7 +514,7 @@ def export_pipeline(model, ema_unet, encoders, args, step):
     for name, part in (("posterior", model.posterior), ("prior", model.prior)):
         if part is not None:
             part.save_pretrained(partial / name)
-    save_model_card(args, output_dir, step, folder=partial)
+    save_model_card(args, output_dir, step, folder=partial, **card)
     previous = output_dir / "model_index.json"
     stale = [k for k in json.loads(previous.read_text()) if not k.startswith("_")] if previous.is_file() else []
     publish_entries(partial, output_dir, "model_index.json", stale=[*stale, "posterior", "prior", "README.md"])
@@ -445,10 +524,8 @@ def build_models(args, encoders):
     """UNet, posterior and prior: fresh, or continued from a saved UNet or VDLPipeline."""
     embedding_dim, feature_dim = encoders.embedding_dim, encoders.feature_dim
     source = args.pretrained_pipeline
-    if source:
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", revision=args.revision)
-    elif args.pretrained_unet:
-        unet = UNet2DConditionModel.from_pretrained(args.pretrained_unet, revision=args.revision)
+    if source or args.pretrained_unet:
+        unet = load_pretrained_unet(args, args.revision)
     else:
         unet = build_unet(
             args.unet_preset, embedding_dim, latent_channels=encoders.vae.config.latent_channels,
@@ -463,7 +540,7 @@ def build_models(args, encoders):
     prior = None
     if args.method in ("vdl", "prior-sample") or args.prior == "learned":
         if args.prior == "learned":
-            prior = saved_part(LearnedPrior, source, "prior", args.revision)
+            prior = saved_part(LearnedPrior, source, "prior", args)
         if prior is None and args.prior == "text-bank":
             texts = load_texts(args.prior_texts) if args.prior_texts else ToyWorld(args.seed).text_corpus()
             prior = TextBankPrior.from_texts(
@@ -480,47 +557,118 @@ def build_models(args, encoders):
 
     posterior = None
     if args.method == "vdl" and args.posterior_family == "bank_mixture":
-        posterior = saved_part(BankMixturePosterior, source, "posterior", args.revision) or BankMixturePosterior(
+        posterior = saved_part(BankMixturePosterior, source, "posterior", args) or BankMixturePosterior(
             embedding_dim, feature_dim, hidden_dim=args.posterior_hidden_dim
         )
     elif args.method == "vdl":
         # κ_φ barely moves in training (Adam steps its softplus by about the learning rate), so it starts at
         # the prior's scale: CLIP's s, or a bank text's κ_b.
-        posterior = saved_part(TextEmbeddingPosterior, source, "posterior", args.revision) or TextEmbeddingPosterior(
+        posterior = saved_part(TextEmbeddingPosterior, source, "posterior", args) or TextEmbeddingPosterior(
             embedding_dim, feature_dim, hidden_dim=args.posterior_hidden_dim, family=args.posterior_family,
             init_concentration=prior.concentration if isinstance(prior, TextBankPrior) else args.logit_scale,
         )
     return unet, posterior, prior
 
 
-def saved_part(cls, source, subfolder, revision):
+def saved_part(cls, source, subfolder, args):
     """``cls`` from ``source/subfolder`` (a folder or Hub repo written by train.py), or None if it holds none."""
     if not source:
         return None
     try:
-        saved_class = cls.load_config(source, subfolder=subfolder, revision=revision).get("_class_name")
+        saved_class = cls.load_config(source, subfolder=subfolder, revision=args.revision, cache_dir=args.cache_dir).get("_class_name")
     except OSError:
         saved_class = None
     if saved_class != cls.__name__:
         logger.info(f"{source} has no {cls.__name__} in {subfolder}/ (found {saved_class}): starting a fresh one.")
         return None
-    return cls.from_pretrained(source, subfolder=subfolder, revision=revision)
+    return cls.from_pretrained(source, subfolder=subfolder, revision=args.revision, cache_dir=args.cache_dir)
 
 
-def toy_train_dir(accelerator, args) -> Path:
-    """The toy world's training images (no captions are read unless a method needs them), written once.
+def hub_kwargs(args) -> dict:
+    """What every ``from_pretrained`` of a diffusers model takes from the command line."""
+    return {"revision": args.revision, "cache_dir": args.cache_dir, "variant": args.variant}
 
-    The lock makes a second run that needs the same folder wait for the first one's, not rewrite it.
+
+def load_pretrained_unet(args, revision: str | None) -> UNet2DConditionModel:
+    """The UNet of --pretrained_pipeline (its unet/) or --pretrained_unet, at ``revision``."""
+    source, subfolder = (args.pretrained_pipeline, "unet") if args.pretrained_pipeline else (args.pretrained_unet, None)
+    return UNet2DConditionModel.from_pretrained(source, subfolder=subfolder, **{**hub_kwargs(args), "revision": revision})
+
+
+def adamw_class(use_8bit_adam: bool) -> type[torch.optim.Optimizer]:
+    """torch's AdamW, or bitsandbytes' 8-bit AdamW (same arguments, optimizer states in 8 bits)."""
+    if not use_8bit_adam:
+        return torch.optim.AdamW
+    import bitsandbytes
+
+    return bitsandbytes.optim.AdamW8bit
+
+
+def validate(args, accelerator, elbo, ema_unet, encoders, step):
+    """Samples the validation prompts with the current (EMA) weights; see `log_validation`."""
+    model = accelerator.unwrap_model(elbo)
+    with ema_weights(ema_unet, model.unet):
+        log_validation(args, accelerator, build_pipeline(model, encoders, args), step)
+
+
+def toy_train_dataset(accelerator, args) -> Path:
+    """The toy world's training images as a dataset saved to disk (`as_dataset`), built once; returns its folder.
+
+    No captions are read unless a method needs them. The folder is named by the world's fingerprint
+    and size; the lock makes a second run that needs it wait for the first one's, not rebuild it.
     """
     world = ToyWorld(args.seed)
-    folder = Path(args.cache_dir, f"toy-world-{world.fingerprint()}-{args.toy_train_images}")
+    folder = Path(args.embedding_cache_dir, f"toy-world-{world.fingerprint()}-{args.toy_train_images}")
     if accelerator.is_main_process:
         with locked(folder):
-            if not folder.is_dir():
+            if not is_saved_dataset(folder):
+                logger.info(f"Drawing the toy world's {args.toy_train_images} training images into {folder} (once).")
                 with atomic_folder(folder) as partial:
-                    write_imagefolder(world, partial, args.toy_train_images, split="train")
+                    as_dataset(world, args.toy_train_images, split="train").save_to_disk(partial)
     accelerator.wait_for_everyone()
     return folder
+
+
+def cpu_load() -> tuple[float, int, str | None]:
+    """The 1-minute load average, the number of cores this process may use and OMP_WAIT_POLICY: `busy_machine_warning`'s inputs."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return load, cores, os.environ.get("OMP_WAIT_POLICY")
+
+
+def busy_machine_warning(load: float, cores: int, wait_policy: str | None) -> str | None:
+    """What to say when other processes compete for the run's cores (a load average above their number); None otherwise.
+
+    Threads that spin while they wait (libgomp's default) then burn their time slices waiting for a
+    descheduled partner at every op's barrier: steps take many times longer (examples/busy_machine.py).
+    """
+    if load <= cores:
+        return None
+    advice = "" if (wait_policy or "").upper() == "PASSIVE" else (
+        " Launch with OMP_WAIT_POLICY=PASSIVE (the Makefile sets it): waiting OpenMP threads then sleep instead of spinning, "
+        "which on a busy machine makes steps several times faster (examples/busy_machine.py)."
+    )
+    return (
+        f"The 1-minute load average is {load:.1f}, above the {cores} cores this run may use: other processes share them, "
+        f"so steps are slower than on an idle machine.{advice}"
+    )
+
+
+def run_summary(args, step: int) -> str:
+    """The end of the log: where the pipeline, its latest sample grid and the checkpoints are, and how to load the pipeline."""
+    folder = Path(args.output_dir).resolve()
+    grid, checkpoints = folder / "samples" / "latest.png", list_checkpoints(folder)
+    prompt = args.validation_prompts[0] if args.validation_prompts else "a photo of a dog"
+    return "\n".join([
+        f"Done after {step} steps.",
+        f"  pipeline:    {folder}",
+        *([f"  samples:     {grid}"] if grid.is_file() else []),
+        *([f"  checkpoints: {checkpoints[-1]} (the run resumes from it with --resume_from_checkpoint latest)"] if checkpoints else []),
+        "Load the pipeline and generate an image:",
+        "  from vdl_diffusion import VDLPipeline",
+        f"  pipe = VDLPipeline.from_pretrained({str(folder)!r})",
+        f"  pipe({prompt!r}).images[0].save('sample.png')",
+    ])  # fmt: skip
 
 
 def stop_if_nonfinite(accelerator, first_nonfinite, output_dir):

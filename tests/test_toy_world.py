@@ -16,6 +16,7 @@ from vdl_diffusion.toy import (
     TOY_VAE,
     ToyOracle,
     ToyWorld,
+    as_dataset,
     write_imagefolder,
 )
 from vdl_diffusion.toy import world as world_module
@@ -177,6 +178,20 @@ def test_imagefolder_export_loads_with_datasets(world, tmp_path):
     np.testing.assert_array_equal(np.stack([np.asarray(im) for im in loaded["image"]]), expected.images)
     for name in ATTRIBUTE_NAMES:
         np.testing.assert_array_equal(loaded[name], expected.labels[name])
+
+
+def test_dataset_holds_the_sampled_images_and_labels_without_writing_a_file(world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dataset = as_dataset(world, 12, split="train", rng=5)
+    expected = world.sample(12, "train", rng=5)
+    assert not list(tmp_path.rglob("*")) and dataset.cache_files == []  # in memory until saved
+    assert dataset["text"] == expected.captions
+    np.testing.assert_array_equal(np.stack([np.asarray(im) for im in dataset["image"]]), expected.images)
+    for name in ATTRIBUTE_NAMES:
+        np.testing.assert_array_equal(dataset[name], expected.labels[name])
+    # Its fingerprint hashes what it holds: a rebuild keeps it (and the embedding cache built from it).
+    assert as_dataset(world, 12, split="train", rng=5)._fingerprint == dataset._fingerprint
+    assert as_dataset(world, 12, split="train", rng=6)._fingerprint != dataset._fingerprint
 
 
 # -- shipped models ------------------------------------------------------------------------------

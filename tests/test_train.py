@@ -1,19 +1,28 @@
 """train.py end to end: the real ``accelerate launch train.py`` in a subprocess, on tiny models."""
 
+import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
+import types
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
+from accelerate import PartialState
 from diffusers import DPMSolverMultistepScheduler
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
 
 from vdl_diffusion import VDLPipeline
+from vdl_diffusion.data import is_saved_dataset
+from vdl_diffusion.hub import IGNORE_PATTERNS
 from vdl_diffusion.models import PRESET_LEARNING_RATES
 from vdl_diffusion.testing_utils import save_tiny_clip, save_tiny_vae
 from vdl_diffusion.toy import ToyWorld, write_imagefolder
@@ -37,19 +46,21 @@ def world(tmp_path_factory):
     return root
 
 
-def launch(world, output_dir, *args, num_processes=1, check=True, data=True):
+def launch(world, output_dir, *args, num_processes=1, check=True, data=True, vae=True, cache=True, script=ROOT / "train.py", env=None):
+    """``accelerate launch train.py`` (or ``script``, which runs it) on the tiny models, offline; ``cache=False``
+    leaves --embedding_cache_dir at its default."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no",
         *(["--multi_gpu", "--main_process_port", "29517"] if num_processes > 1 else ["--cpu"]),
-        str(ROOT / "train.py"),
-        "--pretrained_clip", str(world / "clip"), "--pretrained_vae", str(world / "vae"),
-        *(["--train_data_dir", str(world / "images")] if data else []), "--cache_dir", str(world / "cache"),
+        str(script),
+        "--pretrained_clip", str(world / "clip"), *(["--pretrained_vae", str(world / "vae")] if vae else []),
+        *(["--train_data_dir", str(world / "images")] if data else []), *(["--embedding_cache_dir", str(world / "cache")] if cache else []),
         "--output_dir", str(output_dir), "--unet_preset", "tiny", "--train_batch_size", "8",
         "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--validation_prompts", "--report_to", "none",
         *args,
     ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=world, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stderr[-4000:]}")
@@ -156,17 +167,42 @@ def test_two_processes_end_with_identical_weights(world, tmp_path):
 
 def test_cache_is_built_once_and_renewed_when_a_setting_changes(world, tmp_path):
     cache_runs = [launch(world, tmp_path / str(i), "--max_train_steps", "1", *args).stderr for i, args in
-                  enumerate([["--cache_dir", str(tmp_path / "cache")]] * 2 + [["--cache_dir", str(tmp_path / "cache"), "--resolution", "16"]])]  # fmt: skip
+                  enumerate([["--embedding_cache_dir", str(tmp_path / "cache")]] * 2 + [["--embedding_cache_dir", str(tmp_path / "cache"), "--resolution", "16"]])]  # fmt: skip
     assert "Encoding" in cache_runs[0] and "Reusing" in cache_runs[1] and "Encoding" in cache_runs[2]
     assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 2
 
 
-def test_without_data_it_trains_on_the_toy_world_named_by_its_fingerprint(world, tmp_path):
-    launch(world, tmp_path / "out", "--max_train_steps", "1", "--toy_train_images", "16", "--cache_dir", str(tmp_path), data=False)
-    images = tmp_path / f"toy-world-{ToyWorld(0).fingerprint()}-16"
-    assert len(list(images.glob("*.png"))) == 16 and (images / "metadata.jsonl").is_file()
-    assert not list(tmp_path.glob(".*partial"))
-    assert generates(tmp_path / "out")
+def test_without_data_it_trains_on_the_toy_world_saved_once_under_hf_home(world, tmp_path):
+    """The toy world's images as one saved dataset (no PNG file) named by its fingerprint, in $HF_HOME/vdl-diffusion
+    beside the embedding cache, built once and reused; two checkpoints kept by default, left out of an upload; the
+    end of the log says where the pipeline is; no launcher or loading noise."""
+    sys.path.insert(0, str(ROOT))
+    from train import parse_args, toy_train_dataset
+
+    out, home = tmp_path / "out", tmp_path / "hf"
+    cache = home / "vdl-diffusion"
+    PartialState()  # train.py's logger needs one; the launched run makes its own
+    main_process = types.SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    images = toy_train_dataset(main_process, parse_args(["--toy_train_images", "16", "--embedding_cache_dir", str(cache)]))
+    assert images == cache / f"toy-world-{ToyWorld(0).fingerprint()}-16"
+    assert is_saved_dataset(images) and len(datasets.load_from_disk(str(images))) == 16
+    assert not list(home.rglob("*.png")) and not list(cache.glob(".*partial"))
+
+    command = ["--num_train_epochs", "2", "--toy_train_images", "16", "--checkpointing_steps", "1", "--resume_from_checkpoint", "latest"]
+    result = launch(world, out, *command, data=False, cache=False, env={"HF_HOME": str(home)})
+    assert "Drawing" not in result.stderr and "16 training images" in result.stderr  # found under $HF_HOME, reused
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2  # the toy dataset and the embedding cache
+    # Without --max_train_steps, the epochs set the length: 16 images in batches of 8, 2 steps an epoch.
+    assert "for 4 steps" in result.stderr and sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+    assert "Done after 4 steps." in result.stderr and f"pipeline:    {out.resolve()}" in result.stderr
+    assert f"VDLPipeline.from_pretrained({str(out.resolve())!r})" in result.stderr
+    for noise in ("were not passed to `accelerate launch`", "falling back to", "Loading weights"):
+        assert noise not in result.stderr
+    assert generates(out)
+    # The checkpoints sit beside the pipeline, but an upload of the folder (upload_folder's own filter) leaves them out.
+    files = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()]
+    uploaded = list(filter_repo_objects(files, ignore_patterns=IGNORE_PATTERNS))
+    assert "model_index.json" in uploaded and not [f for f in uploaded if "checkpoint" in f]
 
 
 def test_a_checkpoint_left_half_written_is_not_resumed(world, tmp_path):
@@ -209,7 +245,7 @@ def test_training_continues_from_a_saved_pipeline(world, tmp_path):
         (["--dataset_name", "a", "--train_data_dir", "b"], "not both"),
         (["--max_train_steps", "0"], "argument --max_train_steps: must be > 0"),
         (["--num_train_epochs", "-1"], "argument --num_train_epochs: must be > 0"),
-        (["--checkpoints_total_limit", "-1"], "argument --checkpoints_total_limit: must be > 0"),
+        (["--checkpoints_total_limit", "-1"], "argument --checkpoints_total_limit: must be ≥ 0"),
         (["--checkpointing_steps", "0"], "argument --checkpointing_steps: must be > 0"),
         (["--logging_steps", "0"], "argument --logging_steps: must be > 0"),
         (["--validation_steps", "0"], "argument --validation_steps: must be > 0"),
@@ -231,7 +267,14 @@ def test_training_continues_from_a_saved_pipeline(world, tmp_path):
         (["--posterior_family", "bank_mixture"], "add --prior text-bank"),
         (["--prior", "text-bank", "--posterior_family", "gaussian"], "use power_spherical or bank_mixture"),
         (["--resume_from_checkpoint", "/no/such/checkpoint-3"], "is not a complete checkpoint"),
+        (["--pretrained_model_name_or_path", "./no/such/sd"], "--pretrained_model_name_or_path ./no/such/sd: no such folder"),
+        (["--pretrained_model_name_or_path", "a/sd", "--pretrained_vae", "b/vae"], "supplies only the VAE (its vae/): give it or --pretrained_vae, not both"),
+        (["--dataset_name", "./no/such/dataset"], "--dataset_name ./no/such/dataset: no such folder (a Hub dataset is named like"),
+        (["--non_ema_revision", "main"], "--non_ema_revision applies to a pretrained UNet trained with an EMA"),
+        (["--non_ema_revision", "main", "--use_ema"], "add --use_ema and --pretrained_unet or --pretrained_pipeline"),
+        (["--image_interpolation_mode", "cubic"], "argument --image_interpolation_mode: invalid choice: 'cubic'"),
     ]
+    + ([(["--use_8bit_adam"], "--use_8bit_adam needs bitsandbytes")] if importlib.util.find_spec("bitsandbytes") is None else [])
     + ([(["--mixed_precision", "fp16"], "fp16 needs a GPU")] if not torch.accelerator.is_available() else []),
 )
 def test_inconsistent_flags_fail_before_any_model_loads(capsys, args, message):
@@ -251,3 +294,111 @@ def test_the_learning_rate_defaults_to_the_unet_presets():
     assert parse_args([]).learning_rate == PRESET_LEARNING_RATES["tiny"]
     assert parse_args(["--unet_preset", "base"]).learning_rate == PRESET_LEARNING_RATES["base"] != PRESET_LEARNING_RATES["tiny"]
     assert parse_args(["--unet_preset", "base", "--learning_rate", "3e-5"]).learning_rate == 3e-5
+
+
+# The Hub, flags known from diffusers' training scripts
+
+
+def fake_hub(tmp_path, fail=""):
+    """``launch`` keywords that run train.py through tests/fake_hub.py, and the file its calls go to."""
+    log = tmp_path / "hub_calls.jsonl"
+    env = {"VDL_FAKE_HUB_LOG": str(log), "VDL_FAKE_HUB_FAIL": fail, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    return {"script": ROOT / "tests" / "fake_hub.py", "env": env}, log
+
+
+def hub_calls(log):
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+
+
+def test_push_to_hub_creates_the_repository_first_and_a_bad_one_fails_before_training(world, tmp_path):
+    kwargs, log = fake_hub(tmp_path, fail="create_repo")
+    start = time.perf_counter()
+    result = launch(world, tmp_path / "out", "--max_train_steps", "2", "--push_to_hub", "--hub_model_id", "someone/vdl", check=False, **kwargs)
+    assert result.returncode != 0 and "cannot create or open the Hub repository 'someone/vdl'" in result.stderr
+    assert "401 Client Error" in result.stderr and "nothing was trained" in result.stderr
+    # Before the encoders, the data and the first step: seconds, not hours.
+    assert "training images" not in result.stderr and not (tmp_path / "out" / "checkpoint-1").exists()
+    assert time.perf_counter() - start < 60
+    assert [call["call"] for call in hub_calls(log)] == ["create_repo"]
+
+
+def test_a_semi_supervised_run_from_a_saved_dataset_pushed_to_the_hub(world, tmp_path):
+    """One run for several flags: --dataset_name on a save_to_disk folder, --pretrained_model_name_or_path
+    (a Stable Diffusion layout), --image_interpolation_mode, --validation_epochs, steps over epochs, the
+    number of captions used, checkpoint uploads that fail (retried, warned about, the run goes on) and
+    the final upload with its model card."""
+    datasets.load_dataset("imagefolder", data_dir=str(world / "images"), cache_dir=str(tmp_path / "hf")).save_to_disk(tmp_path / "saved")
+    shutil.copytree(world / "vae", tmp_path / "sd" / "vae")
+    (tmp_path / "sd" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "vae": ["diffusers", "AutoencoderKL"]}')
+    kwargs, log = fake_hub(tmp_path, fail="checkpoints")
+    out = tmp_path / "out"
+    result = launch(
+        world, out, "--dataset_name", str(tmp_path / "saved"), "--pretrained_model_name_or_path", str(tmp_path / "sd"),
+        "--caption_column", "text", "--caption_fraction", "0.5", "--image_interpolation_mode", "lanczos",
+        "--num_train_epochs", "1", "--max_train_steps", "6", "--checkpointing_steps", "3", "--validation_epochs", "1",
+        "--validation_prompts", "a red circle", "--num_validation_images", "1",
+        "--push_to_hub", "--push_checkpoints", "--hub_model_id", "vdl-semi", data=False, vae=False, **kwargs,
+    )  # fmt: skip
+    # 40 decodable images, batches of 8: 5 steps an epoch; 6 steps were asked for and trained.
+    assert "--num_train_epochs 1 is not used" in result.stderr and "for 6 steps" in result.stderr
+    assert (out / "checkpoint-6").is_dir() and generates(out)
+    assert "has no VAE at its top; loaded the one in its vae/ subfolder" not in result.stderr  # named, not guessed
+    assert "Training reads the captions of 20 of 40 images" in result.stderr
+    assert sorted(p.name for p in (out / "samples").glob("step-*.png")) == ["step-000005.png", "step-000006.png"]
+    [cache] = [json.loads(m.read_text())["settings"] for m in (world / "cache").glob("*/metadata.json")
+               if json.loads(m.read_text())["settings"].get("interpolation") == "lanczos"]  # fmt: skip
+    assert cache["num_images"] == 40 and cache["caption_fraction"] == 0.5
+
+    calls = hub_calls(log)
+    assert calls[0] == {"call": "create_repo", "repo_id": "vdl-semi"}
+    failed = [call["path_in_repo"] for call in calls if call["call"] == "upload_folder" and call["path_in_repo"]]
+    assert failed == ["checkpoint-3"] * 3 + ["checkpoint-6"] * 3  # every attempt, then the run went on
+    assert result.stderr.count("was not uploaded to someone/vdl-semi after 3 attempts") == 2
+    [final] = [call for call in calls if call["call"] == "upload_folder" and not call["path_in_repo"]]
+    assert final["repo_id"] == "someone/vdl-semi" and {"model_index.json", "pipeline_vdl.py", "README.md"} <= set(final["files"])
+    card = final["card"]
+    assert 'DiffusionPipeline.from_pretrained("someone/vdl-semi", custom_pipeline="pipeline_vdl", trust_remote_code=True)' in card
+    assert "TODO" not in card and "| captions read in training | 20 (`--caption_fraction 0.5`" in card
+    assert "| method | `vdl` |" in card and "6 steps" in card and "![validation samples](samples/latest.png)" in card
+
+
+def test_the_flags_of_diffusers_scripts_mean_what_they_mean_there():
+    sys.path.insert(0, str(ROOT))
+    from train import DEFAULT_MAX_TRAIN_STEPS, TOY_VALIDATION_PROMPTS, hub_kwargs, parse_args
+
+    toy, real = parse_args([]), parse_args(["--train_data_dir", str(ROOT / "tests")])
+    # Steps win over epochs; neither given: the toy world's default run.
+    assert toy.max_train_steps == real.max_train_steps == DEFAULT_MAX_TRAIN_STEPS == 6000
+    assert parse_args(["--num_train_epochs", "3"]).max_train_steps is None  # counted from the data in main()
+    assert parse_args(["--num_train_epochs", "3", "--max_train_steps", "5"]).max_train_steps == 5
+    # The toy prompts only on the toy world: on real data they would land in the model card.
+    assert toy.validation_prompts == TOY_VALIDATION_PROMPTS and real.validation_prompts == []
+    assert parse_args(["--validation_prompts"]).validation_prompts == []
+    # --cache_dir is the Hub download cache, as in diffusers; the embedding cache has its own flag.
+    assert toy.cache_dir is None and toy.tracker_project_name == "vdl-diffusion"
+    # Caches beside the Hugging Face ones ($HF_HOME), two checkpoints kept unless told otherwise (0: all).
+    assert toy.embedding_cache_dir == os.path.join(hub_constants.HF_HOME, "vdl-diffusion")
+    assert toy.checkpoints_total_limit == 2 and parse_args(["--checkpoints_total_limit", "0"]).checkpoints_total_limit == 0
+    args = parse_args(["--cache_dir", "/tmp/hub", "--variant", "fp16", "--revision", "v2"])
+    assert hub_kwargs(args) == {"cache_dir": "/tmp/hub", "variant": "fp16", "revision": "v2"}
+
+
+def test_use_8bit_adam_takes_bitsandbytes_adamw(monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    from train import adamw_class
+
+    class AdamW8bit(torch.optim.AdamW):
+        pass
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", types.SimpleNamespace(optim=types.SimpleNamespace(AdamW8bit=AdamW8bit)))
+    assert adamw_class(True) is AdamW8bit and adamw_class(False) is torch.optim.AdamW
+
+
+def test_a_busy_machine_is_named_with_what_to_do():
+    sys.path.insert(0, str(ROOT))
+    from train import busy_machine_warning
+
+    assert busy_machine_warning(1.9, 2, None) is None and busy_machine_warning(7.0, 8, "PASSIVE") is None
+    warning = busy_machine_warning(5.3, 2, None)
+    assert "load average is 5.3, above the 2 cores" in warning and "OMP_WAIT_POLICY=PASSIVE" in warning
+    assert "OMP_WAIT_POLICY" not in busy_machine_warning(5.3, 2, "passive")  # already set: only the fact

@@ -43,7 +43,8 @@ def load_image_dataset(
     max_train_samples: int | None = None,
     cache_dir: str | None = None,
 ) -> tuple[datasets.Dataset, list[str]]:
-    """The "train" split of a Hub dataset or of a local image folder, and the images dropped from it.
+    """The "train" split of a Hub dataset (or of a folder written by ``save_to_disk``, also given as
+    ``dataset_name``) or of a local image folder, and the images dropped from it.
 
     A local folder is read with the ``imagefolder`` builder (a ``metadata.jsonl`` beside the
     images supplies caption columns; `check_metadata` vets it first). Images that cannot be
@@ -60,7 +61,9 @@ def load_image_dataset(
     if max_train_samples is not None and max_train_samples < 1:
         raise ValueError(f"`max_train_samples` must be a positive integer or None, got {max_train_samples}.")
     with PartialState().main_process_first():
-        if dataset_name is not None:
+        if dataset_name is not None and is_saved_dataset(dataset_name):
+            dataset = load_saved_dataset(dataset_name, dataset_config_name)
+        elif dataset_name is not None:
             dataset = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split="train")
         else:
             unlisted = check_metadata(train_data_dir)
@@ -84,6 +87,26 @@ def load_image_dataset(
                 f"e.g. {'; '.join(skipped[:3])}."
             )
         return dataset, skipped
+
+
+def is_saved_dataset(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    return any(os.path.isfile(os.path.join(path, name)) for name in ("state.json", "dataset_dict.json"))
+
+
+def load_saved_dataset(path: str | os.PathLike, config_name: str | None = None) -> datasets.Dataset:
+    """The dataset a ``save_to_disk`` folder holds (its "train" split, for a ``DatasetDict``)."""
+    if config_name is not None:
+        raise ValueError(
+            f"{path} was written by save_to_disk, which keeps one configuration; leave out `dataset_config_name` "
+            f"(got {config_name!r})."
+        )
+    dataset = datasets.load_from_disk(os.fspath(path))
+    if isinstance(dataset, datasets.DatasetDict):
+        if "train" not in dataset:
+            raise ValueError(f"{path} holds the splits {sorted(dataset)}, none of them \"train\"; save the training split as \"train\".")
+        dataset = dataset["train"]
+    return dataset
 
 
 def check_metadata(folder: str | os.PathLike) -> list[str]:
@@ -234,25 +257,42 @@ def write_skipped(skipped: list[str], output_dir: str | os.PathLike) -> Path:
     return path
 
 
+# The resampling filters of --image_interpolation_mode, by the names of diffusers' training scripts
+# (torchvision's InterpolationMode; "nearest_exact" is PIL's NEAREST, which torchvision's "nearest" is not).
+INTERPOLATION_MODES = {
+    "nearest": Image.Resampling.NEAREST,
+    "nearest_exact": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
 class ImageTransform:
-    """Shorter side resized to ``resolution``, a square crop, optional horizontal flip, [-1, 1].
+    """Shorter side resized to ``resolution`` (with the ``interpolation`` filter of `INTERPOLATION_MODES`), a
+    square crop, optional horizontal flip, [-1, 1].
 
     The random crop and flip draw from torch's global RNG, which Accelerate and the DataLoader
     seed per process and per worker, so a seeded run is reproducible.
     """
 
-    def __init__(self, resolution: int, center_crop: bool = True, random_flip: bool = False):
+    def __init__(self, resolution: int, center_crop: bool = True, random_flip: bool = False, interpolation: str = "bilinear"):
         if resolution < 1:
             raise ValueError(f"`resolution` must be a positive integer, got {resolution}.")
+        if interpolation not in INTERPOLATION_MODES:
+            raise ValueError(f"`interpolation` must be one of {sorted(INTERPOLATION_MODES)}, got {interpolation!r}.")
         self.resolution = resolution
         self.center_crop = center_crop
         self.random_flip = random_flip
+        self.interpolation = interpolation
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         width, height = image.size
         scale = self.resolution / min(width, height)
         size = (max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale)))
-        image = image.resize(size, Image.Resampling.BILINEAR)
+        image = image.resize(size, INTERPOLATION_MODES[self.interpolation])
         left, top = (self._offset(length) for length in size)
         image = image.crop((left, top, left + self.resolution, top + self.resolution))
         if self.random_flip and torch.rand(()) < 0.5:
@@ -317,6 +357,11 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    @property
+    def num_captions(self) -> int:
+        """How many images' captions training sees."""
+        return int(self.has_caption.sum())
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image = decode_image(self.dataset[index][self.image_column])

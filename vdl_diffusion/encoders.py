@@ -7,20 +7,51 @@ the training loop, so both paths produce the same tensors.
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+import transformers
 from diffusers import AutoencoderKL
-from transformers import (
-    CLIPImageProcessor,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-    CLIPVisionModelWithProjection,
-    PreTrainedTokenizerBase,
-)
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection, PreTrainedTokenizerBase
 from transformers.utils import logging as transformers_logging
 
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _quiet_transformers():
+    """transformers' warnings and its "Loading weights" bars off for the block; its errors still show.
+
+    For loading the frozen encoders: the reports there are expected (see `_clip_tower`), and a few
+    hundred tensors load too fast for a bar to tell anything.
+    """
+    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
+class _TorchvisionFallbackFilter(logging.Filter):
+    """Drops transformers' notice that an image processor falls back to its PIL backend; every other message passes.
+
+    transformers 5 makes ``CLIPImageProcessor`` (and ``SiglipImageProcessor``, which diffusers imports) its
+    torchvision class and, without torchvision (optional here: its wheel does not import beside every
+    torch build), hands out the ``...Pil`` class with that warning. Only the processor's mean and std
+    are read here (`clip_pixels` resizes in torch), so either backend serves.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed); falling back to" not in record.getMessage()
+
+
+transformers_logging.get_logger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackFilter())
+CLIPImageProcessor = transformers.CLIPImageProcessor  # after the filter: transformers warns at the name's first use
 
 
 class FrozenEncoders(torch.nn.Module):
@@ -60,13 +91,16 @@ class FrozenEncoders(torch.nn.Module):
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         cache_dir: str | None = None,
+        variant: str | None = None,
     ) -> "FrozenEncoders":
         """Loads e.g. ``openai/clip-vit-large-patch14`` and ``stabilityai/sd-vae-ft-mse`` (or local folders).
 
-        For the VAE of a full Stable Diffusion repository pass ``vae_subfolder="vae"``.
+        ``vae_path`` may also be a whole Stable Diffusion repository, whose VAE is in its ``vae/``
+        subfolder (found by itself, or named with ``vae_subfolder="vae"``). ``cache_dir`` is the Hub
+        download cache; ``variant`` (e.g. ``"fp16"``) picks the VAE's weight files, not CLIP's.
         """
         hub = dict(revision=revision, cache_dir=cache_dir)
-        vae = AutoencoderKL.from_pretrained(vae_path, subfolder=vae_subfolder, **hub)
+        vae = _load_vae(vae_path, vae_subfolder, variant=variant, **hub)
         image_encoder = _clip_tower(CLIPVisionModelWithProjection, clip_path, **hub)
         text_encoder = _clip_tower(CLIPTextModelWithProjection, clip_path, **hub)
         tokenizer = CLIPTokenizer.from_pretrained(clip_path, **hub)
@@ -171,18 +205,32 @@ class FrozenEncoders(torch.nn.Module):
         return self._fingerprint
 
 
+def _load_vae(vae_path: str, subfolder: str | None, **kwargs) -> AutoencoderKL:
+    """The ``AutoencoderKL`` in ``vae_path``, or in its ``vae/`` subfolder when it is a whole pipeline (no
+    ``config.json`` at its top, as in a Stable Diffusion repository)."""
+    if subfolder is not None:
+        return AutoencoderKL.from_pretrained(vae_path, subfolder=subfolder, **kwargs)
+    try:
+        return AutoencoderKL.from_pretrained(vae_path, **kwargs)
+    except OSError as error:
+        if "config.json" not in str(error):
+            raise
+        try:
+            vae = AutoencoderKL.from_pretrained(vae_path, subfolder="vae", **kwargs)
+        except OSError:
+            raise error from None
+    logger.info("%s has no VAE at its top; loaded the one in its vae/ subfolder (a Stable Diffusion layout).", vae_path)
+    return vae
+
+
 def _clip_tower(cls, clip_path: str, **hub):
     """One tower of a full CLIP checkpoint (``cls`` is the vision or text model with projection).
 
     The other tower's weights are expected leftovers, so transformers' report listing them is
     silenced; a weight of this tower missing from the checkpoint would be left random, so it fails.
     """
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
+    with _quiet_transformers():
         model, info = cls.from_pretrained(clip_path, output_loading_info=True, **hub)
-    finally:
-        transformers_logging.set_verbosity(verbosity)
     if missing := sorted(info["missing_keys"]):
         raise ValueError(
             f"{clip_path} has no weights for {len(missing)} parameters of {cls.__name__} (e.g. {missing[0]}); "

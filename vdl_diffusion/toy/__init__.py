@@ -10,7 +10,7 @@ of it (under ``weights/``); each loads with its library's ordinary ``from_pretra
 from pathlib import Path
 
 from .models import ToyOracle
-from .world import ATTRIBUTE_NAMES, ATTRIBUTES, SPLITS, ToySample, ToyWorld, write_imagefolder
+from .world import ATTRIBUTE_NAMES, ATTRIBUTES, SPLITS, ToySample, ToyWorld, as_dataset, write_imagefolder
 
 TOY_WEIGHTS = Path(__file__).parent / "weights"
 TOY_CLIP = TOY_WEIGHTS / "clip"
@@ -28,5 +28,6 @@ __all__ = [
     "ToyOracle",
     "ToySample",
     "ToyWorld",
+    "as_dataset",
     "write_imagefolder",
 ]
