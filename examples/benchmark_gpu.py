@@ -271,12 +271,14 @@ def log(message: str) -> None:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    threads = torch.get_num_threads()
+    threads, validate = torch.get_num_threads(), torch.distributions.Distribution._validate_args
     torch.set_num_threads(args.threads or threads)
+    torch.distributions.Distribution.set_default_validate_args(False)  # as train.py
     try:
         return run(args)
-    finally:
-        torch.set_num_threads(threads)  # main() may be called from other code (the tests)
+    finally:  # main() may be called from other code (the tests): leave its settings as they were
+        torch.set_num_threads(threads)
+        torch.distributions.Distribution.set_default_validate_args(validate)
 
 
 def run(args) -> list[dict]:
@@ -285,7 +287,6 @@ def run(args) -> list[dict]:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    torch.distributions.Distribution.set_default_validate_args(False)  # as train.py
     started = time.perf_counter()
     peak, source = peak_flops(args, device, dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
