@@ -30,7 +30,7 @@ import os
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import datasets
 import numpy as np
@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset, ImageTransform
 from .encoders import FrozenEncoders
-from .files import locked
+from .files import locked, write_atomically
 
 logger = get_logger(__name__)
 
@@ -237,7 +237,7 @@ def _encode_shards(
         shard["index"] = torch.arange(block.start, block.stop)
         del rows
         path = folder / _shard_name(number, len(blocks))
-        _write_atomically(path, lambda temporary: save_file(shard, temporary, metadata={"settings": stamp}))
+        write_atomically(path, lambda temporary: save_file(shard, temporary, metadata={"settings": stamp}))
     progress.close()
 
 
@@ -248,14 +248,7 @@ def _write_metadata(folder: Path, settings: dict[str, Any]) -> None:
     if not torch.equal(covered, torch.arange(settings["num_images"])):
         raise RuntimeError(f"The cache shards in {folder} do not cover the dataset's {settings['num_images']} images once each.")
     metadata = {"settings": settings, "shards": shards}
-    _write_atomically(folder / METADATA, lambda path: Path(path).write_text(json.dumps(metadata, indent=2)))
-
-
-def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """Writes under a temporary name, then renames: readers see the whole file or none of it."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(str(temporary))
-    os.replace(temporary, path)
+    write_atomically(folder / METADATA, lambda path: Path(path).write_text(json.dumps(metadata, indent=2)))
 
 
 def _read(path: Path, key: str) -> torch.Tensor:

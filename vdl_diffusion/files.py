@@ -71,6 +71,19 @@ def atomic_folder(final: str | os.PathLike):
     shutil.rmtree(previous, ignore_errors=True)
 
 
+def write_atomically(path: str | os.PathLike, write) -> None:
+    """``write(temporary)`` under a temporary name beside ``path``, then renamed: readers see the whole file
+    or none of it, and a failed write leaves no temporary file behind."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(str(temporary))
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    os.replace(temporary, path)
+
+
 def publish_entries(source: str | os.PathLike, folder: str | os.PathLike, marker: str, stale: list[str] = ()) -> None:
     """Moves every entry of ``source`` into ``folder``, which may hold other things (checkpoints, logs).
 

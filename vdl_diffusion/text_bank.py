@@ -21,6 +21,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from .cache import CachedEmbeddingDataset
+from .files import write_atomically
 from .priors import TextBankPrior, bank_top_k
 
 logger = get_logger(__name__)
@@ -80,18 +81,19 @@ def build_top_k(dataset: CachedEmbeddingDataset, prior: TextBankPrior, path: Pat
     """
     bank, log_count = prior.bank.to(device), prior.log_count.to(device)
     k = min(prior.config.top_k, bank.shape[0])
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    rows = np.lib.format.open_memmap(temporary, mode="w+", dtype=ROW, shape=(len(dataset), k))
     logger.info(f"Finding each of {len(dataset)} images' top-{k} among {bank.shape[0]} bank texts.")
-    with tqdm(total=len(dataset), desc="Top-k bank entries", disable=not PartialState().is_local_main_process) as progress:
-        for index, y in _cached_embeddings(dataset, image_chunk):
-            logits, entries = bank_top_k(y.to(device), bank, log_count, prior.config.logit_scale, k)
-            rows["index"][index.numpy()] = entries.cpu().numpy()
-            rows["logit"][index.numpy()] = logits.cpu().numpy()
-            progress.update(len(index))
-    rows.flush()
-    del rows
-    os.replace(temporary, path)
+
+    def write(temporary: str) -> None:
+        rows = np.lib.format.open_memmap(temporary, mode="w+", dtype=ROW, shape=(len(dataset), k))
+        with tqdm(total=len(dataset), desc="Top-k bank entries", disable=not PartialState().is_local_main_process) as progress:
+            for index, y in _cached_embeddings(dataset, image_chunk):
+                logits, entries = bank_top_k(y.to(device), bank, log_count, prior.config.logit_scale, k)
+                rows["index"][index.numpy()] = entries.cpu().numpy()
+                rows["logit"][index.numpy()] = logits.cpu().numpy()
+                progress.update(len(index))
+        rows.flush()
+
+    write_atomically(path, write)
 
 
 def _cached_embeddings(dataset: CachedEmbeddingDataset, chunk: int):
