@@ -268,6 +268,9 @@ def check_args(parser, args):
         parser.error(f"--train_data_dir {args.train_data_dir}: no such folder.")
     if args.prior_texts and ":" not in args.prior_texts and not Path(args.prior_texts).exists():
         parser.error(f"--prior_texts {args.prior_texts}: no such file (or give DATASET:COLUMN).")
+    if args.prior in ("clip-gap", "text-bank") and not toy_world and not args.prior_texts:
+        parser.error(f"--prior {args.prior} on your data needs unpaired texts of its domain: pass --prior_texts FILE (one a line) "
+                     "or DATASET:COLUMN; the built-in texts describe the toy world.")  # fmt: skip
     if args.method == "vdl" and args.posterior_family == "bank_mixture" and args.prior != "text-bank":
         parser.error("--posterior_family bank_mixture reweighs the text-bank prior's candidates: add --prior text-bank.")
     if args.method == "vdl" and args.posterior_family == "gaussian" and args.prior == "text-bank":

@@ -68,8 +68,10 @@ def test_the_card_of_a_run_on_real_data(tmp_path):
     from train import parse_args
 
     (tmp_path / "my_images").mkdir()
+    (tmp_path / "texts.txt").write_text("a photo of a dog\na red car\n")
     args = parse_args(["--train_data_dir", str(tmp_path / "my_images"), "--pretrained_clip", "openai/clip-vit-large-patch14",
-                       "--pretrained_vae", "stabilityai/sd-vae-ft-mse", "--prior", "clip-gap", "--output_dir", str(tmp_path / "run")])  # fmt: skip
+                       "--pretrained_vae", "stabilityai/sd-vae-ft-mse", "--prior", "clip-gap", "--prior_texts", str(tmp_path / "texts.txt"),
+                       "--output_dir", str(tmp_path / "run")])  # fmt: skip
     card = hub.save_model_card(args, Path(args.output_dir), steps=1234, folder=tmp_path, num_images=500).read_text()
     assert "TODO" not in card and "base_model: openai/clip-vit-large-patch14" in card
     assert "the local image folder `my_images`, 500 images" in card and str(tmp_path / "my_images") not in card

@@ -24,7 +24,7 @@ from vdl_diffusion import VDLPipeline
 from vdl_diffusion.data import is_saved_dataset
 from vdl_diffusion.hub import IGNORE_PATTERNS
 from vdl_diffusion.models import PRESET_LEARNING_RATES
-from vdl_diffusion.testing_utils import save_tiny_clip, save_tiny_vae
+from vdl_diffusion.testing_utils import CORPUS, save_tiny_clip, save_tiny_vae
 from vdl_diffusion.toy import ToyWorld, write_imagefolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +92,9 @@ def generates(folder):
     ],
 )
 def test_every_method_trains_and_exports_a_pipeline(world, tmp_path, method, extra):
+    if "clip-gap" in extra:  # its unpaired texts: never the training images' captions
+        (tmp_path / "texts.txt").write_text("\n".join(CORPUS))
+        extra = [*extra, "--prior_texts", str(tmp_path / "texts.txt")]
     result = launch(world, tmp_path, "--method", method, "--max_train_steps", "2", *extra)
     assert generates(tmp_path)
     scheduler = DPMSolverMultistepScheduler.from_pretrained(tmp_path, subfolder="scheduler")
@@ -266,6 +269,7 @@ def test_training_continues_from_a_saved_pipeline(world, tmp_path):
         (["--prior_texts", "/no/such/texts.txt"], "--prior_texts /no/such/texts.txt: no such file"),
         (["--posterior_family", "bank_mixture"], "add --prior text-bank"),
         (["--prior", "text-bank", "--posterior_family", "gaussian"], "use power_spherical or bank_mixture"),
+        (["--prior", "text-bank", "--dataset_name", "user/images"], "--prior text-bank on your data needs unpaired texts"),
         (["--resume_from_checkpoint", "/no/such/checkpoint-3"], "is not a complete checkpoint"),
         (["--pretrained_model_name_or_path", "./no/such/sd"], "--pretrained_model_name_or_path ./no/such/sd: no such folder"),
         (["--pretrained_model_name_or_path", "a/sd", "--pretrained_vae", "b/vae"], "supplies only the VAE (its vae/): give it or --pretrained_vae, not both"),
