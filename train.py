@@ -157,6 +157,12 @@ def parse_args(argv=None):
         help="The posterior's family; bank_mixture reweighs the text-bank prior's candidates.",
     )
     g.add_argument("--posterior_hidden_dim", type=positive_int, default=512, help="Width of the posterior MLP.")
+    g.add_argument(
+        "--posterior_samples", type=positive_int, default=1,
+        help="Draws of t per image for the bank_mixture posterior. 1: its weights learn through a straight-through "
+        "Gumbel-softmax; S > 1: through the exact score-function gradient with a leave-one-out baseline, the S draws "
+        "sharing noise and timestep (the UNet then sees S x --train_batch_size rows per step).",
+    )
     g.add_argument("--beta", type=non_negative_float, default=1.0, help="Weight of the KL term.")
     g.add_argument("--beta_warmup_steps", type=non_negative_int, default=0, help="Linear warm-up of beta from 0 over this many steps.")
     g.add_argument("--caption_weight", type=non_negative_float, default=1.0, help="λ on -log q(t* | x, y) for captioned images.")
@@ -273,6 +279,8 @@ def check_args(parser, args):
                      "or DATASET:COLUMN; the built-in texts describe the toy world.")  # fmt: skip
     if args.method == "vdl" and args.posterior_family == "bank_mixture" and args.prior != "text-bank":
         parser.error("--posterior_family bank_mixture reweighs the text-bank prior's candidates: add --prior text-bank.")
+    if args.posterior_samples > 1 and (args.method != "vdl" or args.posterior_family != "bank_mixture"):
+        parser.error("--posterior_samples > 1 trains the bank-mixture posterior: use it with --method vdl --posterior_family bank_mixture.")
     if args.method == "vdl" and args.posterior_family == "gaussian" and args.prior == "text-bank":
         parser.error("--posterior_family gaussian lives in R^D, the text-bank prior on the sphere: use power_spherical or bank_mixture.")
     if args.resume_from_checkpoint not in (None, "latest") and not is_checkpoint(Path(args.resume_from_checkpoint)):
@@ -370,6 +378,7 @@ def main(args):
         unet, noise_scheduler, method=args.method, posterior=posterior, prior=prior, p_uncond=args.p_uncond,
         learn_null_embedding=args.learn_null_embedding, lafite_xi=args.lafite_xi, caption_weight=args.caption_weight,
         snr_gamma=args.snr_gamma or None, noise_offset=args.noise_offset, captions=num_captions > 0,
+        posterior_samples=args.posterior_samples,
     )
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()

@@ -32,10 +32,13 @@ class Condition:
     """(B,) ``-log q(t* | x, y)`` (plus ``-log p(t* | y)`` for a learned prior) on captioned images."""
     stats: dict = field(default_factory=dict)
     """Scalars worth logging."""
+    log_q: torch.Tensor | None = None
+    """(S·B,) ``log w_j`` of the component each row of ``t`` drew, for a score-function gradient
+    (``samples > 1``); then ``t`` holds S draws of every image, draw-major."""
 
 
 def condition(
-    method: str, batch: dict, posterior=None, prior=None, lafite_xi: float = 0.75, captions: bool = True
+    method: str, batch: dict, posterior=None, prior=None, lafite_xi: float = 0.75, captions: bool = True, samples: int = 1
 ) -> Condition:
     """The condition for ``batch`` (``y``, ``features``, and optionally ``caption_embeds``/``has_caption``, and
     for the ``text-bank`` prior each image's top-k ``bank_index``/``bank_logits``).
@@ -43,6 +46,10 @@ def condition(
     ``captions``: whether any image of the run may have a visible caption (the dataset's
     ``num_captions > 0``). False skips the caption terms; True computes them for every row and keeps
     those of captioned rows, so no step asks the device whether this batch has one.
+
+    ``samples``: draws of ``t`` per image for ``vdl`` with the bank-mixture posterior. With ``S > 1`` its
+    weights learn from the exact score-function gradient with a leave-one-out baseline (`ELBO`)
+    instead of the straight-through Gumbel-softmax.
     """
     y = batch["y"]
     zero = y.new_zeros(y.shape[0])
@@ -51,7 +58,7 @@ def condition(
         has_caption = batch["has_caption"].to(device=y.device, dtype=torch.bool)
         # Rows without a caption hold zeros; y stands in so densities see unit vectors (they are masked out).
         caption_embeds = torch.where(has_caption[:, None], caption_embeds.to(y.dtype), y)
-    kl, caption_nll, stats = zero, zero, {}
+    kl, caption_nll, stats, log_q = zero, zero, {}, None
     needs_prior = method in ("vdl", "prior-sample") or _has_parameters(prior)
     # The text-bank prior reads each image's precomputed top-k bank entries when the batch has them.
     candidates = [batch[key] for key in ("bank_index", "bank_logits") if key in batch]
@@ -61,7 +68,14 @@ def condition(
         # The prior is fitted on captions only (METHOD.md), never pulled towards q by the KL.
         p_fixed = _detached(p)
         q = posterior(y, batch.get("features"), p_fixed)
-        t = F.normalize(q.rsample(), dim=-1)
+        if samples > 1:
+            if not isinstance(q, VonMisesFisherMixture):
+                raise ValueError(f"{samples} samples per image train the bank-mixture posterior only; got {type(posterior).__name__}.")
+            component = q.mixture_distribution.sample((samples,))
+            log_q = q.mixture_distribution.log_prob(component).flatten()
+            t = q.sample_component(component).flatten(0, 1)
+        else:
+            t = F.normalize(q.rsample(), dim=-1)
         kl, estimator = _kl(q, p_fixed, t)
         if caption_embeds is not None:
             kl = torch.where(has_caption, zero, kl)
@@ -88,10 +102,11 @@ def condition(
 
     if _has_parameters(prior) and caption_embeds is not None:
         caption_nll = caption_nll + torch.where(has_caption, -p.log_prob(caption_embeds), zero)
+    draws = t.shape[0] // y.shape[0]
     if caption_embeds is not None:
-        t = torch.where(has_caption[:, None], caption_embeds, t)
-    stats["cos_t_y"] = F.cosine_similarity(t.detach(), y, dim=-1).mean()
-    return Condition(t=t, kl=kl, caption_nll=caption_nll, stats=stats)
+        t = torch.where(has_caption.repeat(draws)[:, None], caption_embeds.repeat(draws, 1), t)
+    stats["cos_t_y"] = F.cosine_similarity(t.detach(), y.repeat(draws, 1), dim=-1).mean()
+    return Condition(t=t, kl=kl, caption_nll=caption_nll, stats=stats, log_q=log_q)
 
 
 def _has_parameters(module) -> bool:

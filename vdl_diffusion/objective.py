@@ -28,14 +28,15 @@ def diffusion_loss(
     snr_gamma: float | None = None,
     noise_offset: float = 0.0,
     timesteps: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-sample ``E_{s,ε} w(s) ||target - net(z_s, s, t)||²`` (ε or v target, optional Min-SNR ``w``).
 
-    ``timesteps`` fixes ``s`` per sample; by default it is drawn uniformly.
+    ``timesteps`` and ``noise`` fix ``s`` and ``ε`` per sample (e.g. one draw shared by several ``t``
+    of the same image, so that their losses differ only by ``t``); by default both are drawn.
     """
-    noise = torch.randn_like(z0)
-    if noise_offset:
-        noise = noise + noise_offset * torch.randn(z0.shape[0], z0.shape[1], 1, 1, device=z0.device, dtype=z0.dtype)
+    if noise is None:
+        noise = sample_noise(z0, noise_offset)
     s = timesteps
     if s is None:
         s = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), device=z0.device)
@@ -51,6 +52,14 @@ def diffusion_loss(
     if snr_gamma is not None:
         loss = loss * min_snr_weight(scheduler, s, snr_gamma)
     return loss
+
+
+def sample_noise(z0: torch.Tensor, noise_offset: float = 0.0) -> torch.Tensor:
+    """``ε`` for ``z0``, with an optional per-channel offset (Guttenberg 2023)."""
+    noise = torch.randn_like(z0)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn(z0.shape[0], z0.shape[1], 1, 1, device=z0.device, dtype=z0.dtype)
+    return noise
 
 
 def min_snr_weight(scheduler: DDPMScheduler, timesteps: torch.Tensor, snr_gamma: float) -> torch.Tensor:
@@ -104,6 +113,7 @@ class ELBO(nn.Module):
         snr_gamma: float | None = None,
         noise_offset: float = 0.0,
         captions: bool = True,
+        posterior_samples: int = 1,
     ):
         super().__init__()
         if method == "vdl" and (posterior is None or prior is None):
@@ -116,6 +126,7 @@ class ELBO(nn.Module):
         self.method, self.p_uncond, self.lafite_xi = method, p_uncond, lafite_xi
         self.caption_weight, self.snr_gamma, self.noise_offset = caption_weight, snr_gamma, noise_offset
         self.captions = captions  # whether any image has a visible caption: known from the dataset, never asked of a batch
+        self.posterior_samples = posterior_samples
         null = torch.zeros(unet.config.encoder_hid_dim)
         self.null_embedding = nn.Parameter(null, requires_grad=learn_null_embedding)
         if prior is not None:
@@ -125,13 +136,25 @@ class ELBO(nn.Module):
 
     def forward(self, batch: dict, beta: float = 1.0) -> tuple[torch.Tensor, dict]:
         z0 = batch["latents"]
-        c = condition(self.method, batch, self.posterior, self.prior, self.lafite_xi, self.captions)
+        c = condition(self.method, batch, self.posterior, self.prior, self.lafite_xi, self.captions, self.posterior_samples)
+        draws = c.t.shape[0] // z0.shape[0]
         # Classifier-free guidance: the null embedding replaces t with probability p_uncond.
         drop = torch.rand(z0.shape[0], device=z0.device) < self.p_uncond
-        t = torch.where(drop[:, None], self.null_embedding.to(c.t.dtype), c.t)
-        l_diff = diffusion_loss(self.unet, self.scheduler, z0, t, self.snr_gamma, self.noise_offset).mean()
+        # The draws of one image share its dropout, noise and timestep: their losses differ only by t.
+        noise = sample_noise(z0, self.noise_offset).repeat(draws, 1, 1, 1)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (z0.shape[0],), device=z0.device).repeat(draws)
+        t = torch.where(drop.repeat(draws)[:, None], self.null_embedding.to(c.t.dtype), c.t)
+        l_rows = diffusion_loss(self.unet, self.scheduler, z0.repeat(draws, 1, 1, 1), t, self.snr_gamma, timesteps=timesteps, noise=noise)
+        l_diff = l_rows.mean()
         n_latent = z0[0].numel()
         kl, caption_nll = c.kl.mean(), c.caption_nll.mean()
         loss = l_diff + (beta * kl + self.caption_weight * caption_nll) / n_latent
         logs = {"loss": loss.detach(), "diffusion": l_diff.detach(), "kl": kl.detach(), "beta": beta, **c.stats}
+        if c.log_q is not None:
+            # ∇_w E_w[L] = E[(L - b) ∇ log w_j] with b the mean loss of the image's other draws (RLOO):
+            # unbiased, and low-variance because the draws share noise and timestep. Zero in value.
+            l_draws = l_rows.detach().view(draws, -1)
+            advantage = l_draws - (l_draws.sum(0) - l_draws) / (draws - 1)
+            score = (advantage * c.log_q.view(draws, -1)).mean()
+            loss = loss + score - score.detach()
         return loss, logs
