@@ -15,7 +15,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # folder, PyTorch's CPU index); from the public index alone it is the CUDA build on Linux, several GB.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup toy test
+.PHONY: setup toy test test-oldest
 
 setup:
 	@if [ "$(origin TORCH)" = "command line" ] || [ "$(origin TORCH)" = "environment" ] || ! $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -40,3 +40,11 @@ toy: setup
 
 test: setup
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+# The tests against the oldest diffusers, transformers, accelerate, datasets, ... that pyproject.toml
+# allows (.ci/oldest.txt), in .venv-oldest: the lower end of the supported range. Needs the network.
+test-oldest:
+	$(PYTHON) -m venv .venv-oldest
+	.venv-oldest/bin/pip install -q $(TORCH)
+	.venv-oldest/bin/pip install -q -c .ci/oldest.txt -e ".[dev]"
+	.venv-oldest/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

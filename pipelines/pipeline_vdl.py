@@ -36,7 +36,7 @@ from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 from transformers import (
     CLIPImageProcessor,
     CLIPTextModelWithProjection,
-    CLIPTokenizer,
+    CLIPTokenizerFast,
     CLIPVisionModelWithProjection,
 )
 
@@ -67,13 +67,17 @@ def _portable_class_name(library: str, class_name: str) -> str:
 
     transformers 5 builds ``CLIPImageProcessor`` as a backend class (``CLIPImageProcessorPil`` without
     torchvision), which transformers 4 lacks. The base name exists in every version, and its
-    ``from_pretrained`` picks the backend the installed version has.
+    ``from_pretrained`` picks the backend the installed version has. Tokenizers are recorded by their
+    fast name: in transformers 4 the slow ``CLIPTokenizer`` cannot read the ``tokenizer.json`` that 5
+    saves, and in 5 ``CLIPTokenizerFast`` is ``CLIPTokenizer`` itself.
     """
     if library == "transformers":
         for suffix in ("Pil", "Fast"):
             base = class_name.removesuffix(suffix)
             if base != class_name and base.endswith("ImageProcessor") and hasattr(transformers, base):
                 return base
+        if class_name.endswith("Tokenizer") and hasattr(transformers, class_name + "Fast"):
+            return class_name + "Fast"
     return class_name
 
 
@@ -144,7 +148,7 @@ class VDLPipeline(DiffusionPipeline):
         unet ([`UNet2DConditionModel`]): the denoiser; the condition enters as
             `added_cond_kwargs={"image_embeds": t}`, `t` of width `unet.config.encoder_hid_dim`.
         scheduler ([`SchedulerMixin`]): any diffusers scheduler (DDIM, DPM-Solver, Euler, ...).
-        tokenizer ([`CLIPTokenizer`]) and text_encoder ([`CLIPTextModelWithProjection`]): give `t`
+        tokenizer ([`CLIPTokenizerFast`]) and text_encoder ([`CLIPTextModelWithProjection`]): give `t`
             for a prompt.
         image_encoder ([`CLIPVisionModelWithProjection`], *optional*) and feature_extractor
             ([`CLIPImageProcessor`], *optional*): give `t` for `image=` (image variations).
@@ -166,7 +170,7 @@ class VDLPipeline(DiffusionPipeline):
         vae: AutoencoderKL,
         unet: UNet2DConditionModel,
         scheduler: KarrasDiffusionSchedulers,
-        tokenizer: CLIPTokenizer,
+        tokenizer: CLIPTokenizerFast,
         text_encoder: CLIPTextModelWithProjection,
         image_encoder: CLIPVisionModelWithProjection | None = None,
         feature_extractor: CLIPImageProcessor | None = None,

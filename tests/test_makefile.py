@@ -54,3 +54,24 @@ def test_toy_resumes_with_explicit_launch_settings_and_sleeping_openmp_threads()
     show = ["--eval", "show-policy: ; @echo $$OMP_WAIT_POLICY", "show-policy"]
     assert make(*show).stdout.strip() == "PASSIVE"
     assert make(*show, env={"OMP_WAIT_POLICY": "ACTIVE"}).stdout.strip() == "ACTIVE"  # a user's own setting wins
+
+
+def test_the_oldest_constraints_are_pyprojects_lower_bounds():
+    """`make test-oldest` tests the lower end of the supported range only while .ci/oldest.txt pins exactly it."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from packaging.requirements import Requirement
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    lower_bounds = {}
+    for line in dependencies:
+        requirement = Requirement(line)
+        floors = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+        if floors and requirement.name != "torch":
+            lower_bounds[requirement.name.replace("-", "_")] = floors[0]
+    pins = {}
+    for line in (ROOT / ".ci" / "oldest.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.replace("-", "_")] = version.removesuffix(".*")
+    assert pins == {name: ".".join(floor.split(".")[:2]) for name, floor in lower_bounds.items()}
+    assert "test-oldest:" in (ROOT / "Makefile").read_text()

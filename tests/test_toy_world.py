@@ -202,7 +202,7 @@ def test_shipped_clip_loads_into_every_class(batch):
         CLIPImageProcessor,
         CLIPModel,
         CLIPTextModelWithProjection,
-        CLIPTokenizer,
+        CLIPTokenizerFast,
         CLIPVisionModelWithProjection,
     )
 
@@ -212,7 +212,7 @@ def test_shipped_clip_loads_into_every_class(batch):
     assert not info["missing_keys"]
     vision_model, info = CLIPVisionModelWithProjection.from_pretrained(TOY_CLIP, output_loading_info=True)
     assert not info["missing_keys"]
-    tokenizer = CLIPTokenizer.from_pretrained(TOY_CLIP)
+    tokenizer = CLIPTokenizerFast.from_pretrained(TOY_CLIP)
     processor = CLIPImageProcessor.from_pretrained(TOY_CLIP)
     assert model.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-4)
 

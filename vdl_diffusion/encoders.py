@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from diffusers import AutoencoderKL
-from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection, PreTrainedTokenizerBase
+from transformers import CLIPTextModelWithProjection, CLIPTokenizerFast, CLIPVisionModelWithProjection, PreTrainedTokenizerBase
 from transformers.utils import logging as transformers_logging
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class FrozenEncoders(torch.nn.Module):
         vae = _load_vae(vae_path, vae_subfolder, variant=variant, **hub)
         image_encoder = _clip_tower(CLIPVisionModelWithProjection, clip_path, **hub)
         text_encoder = _clip_tower(CLIPTextModelWithProjection, clip_path, **hub)
-        tokenizer = CLIPTokenizer.from_pretrained(clip_path, **hub)
+        tokenizer = CLIPTokenizerFast.from_pretrained(clip_path, **hub)  # reads tokenizer.json in transformers 4 and 5
         try:
             feature_extractor = CLIPImageProcessor.from_pretrained(clip_path, **hub)
         except OSError:

@@ -90,7 +90,7 @@ def tiny_clip_components(embedding_dim: int = 16, seed: int = 0) -> dict:
 
 def save_tiny_clip(path, embedding_dim: int = 16, seed: int = 0) -> Path:
     """Writes a ``CLIPModel`` + ``CLIPProcessor`` folder, loadable like ``openai/clip-vit-large-patch14``
-    by ``CLIPModel``, ``CLIPTokenizer``, ``CLIPImageProcessor`` or the ``*WithProjection`` towers."""
+    by ``CLIPModel``, ``CLIPTokenizerFast``, ``CLIPImageProcessor`` or the ``*WithProjection`` towers."""
     parts = tiny_clip(embedding_dim, seed)
     parts["clip"].save_pretrained(path)
     CLIPProcessor(image_processor=parts["feature_extractor"], tokenizer=parts["tokenizer"]).save_pretrained(path)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizerFast
 
 from vdl_diffusion.toy import ATTRIBUTE_NAMES, TOY_CLIP, TOY_ORACLE, TOY_VAE, ToyOracle, ToyWorld
 
@@ -41,7 +41,7 @@ class ClipEncoder:
 
     def __init__(self, clip_dir):
         self.model = CLIPModel.from_pretrained(clip_dir).eval()
-        self.tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
+        self.tokenizer = CLIPTokenizerFast.from_pretrained(clip_dir)
         self.processor = CLIPImageProcessor.from_pretrained(clip_dir)
 
     @torch.no_grad()
