@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from posterior_report import REPORT_STREAM, load_run
 
@@ -34,7 +35,8 @@ from vdl_diffusion.toy import TOY_CLIP, TOY_VAE, ToyWorld
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="a train.py output folder trained with --prior text-bank")
+    parser.add_argument("--run", type=Path, help="a train.py output folder trained with --prior text-bank")
+    parser.add_argument("--from_saved", type=Path, help="analyse the losses an earlier run saved (OUTPUT.pt) instead of measuring")
     parser.add_argument("--n", type=int, default=256, help="training images")
     parser.add_argument("--k", type=int, default=8, help="candidates per image (the prior's most probable)")
     parser.add_argument("--draws", type=int, default=32, help="(timestep, noise) draws per image, shared by its candidates")
@@ -78,9 +80,8 @@ def precision(w: torch.Tensor, position: torch.Tensor, named: torch.Tensor, all_
     }
 
 
-def main():
-    args = parse_args()
-    torch.set_num_threads(args.threads)
+def measure(args) -> dict:
+    """Every candidate's losses over the draws, with its truth: what `analyse` reads."""
     generator = torch.Generator().manual_seed(args.seed)
     world = ToyWorld(args.seed)
     encoders = FrozenEncoders.from_pretrained(str(TOY_CLIP), str(TOY_VAE))
@@ -98,7 +99,6 @@ def main():
     z0, y = (torch.cat([e[key] for e in encoded]).float() for key in ("latents", "y"))
     logits, index = prior.top_k(y)
     logits, index = logits[:, : args.k], index[:, : args.k]
-    log_pi = torch.log_softmax(logits, -1)
     candidates = prior.bank[index]
 
     position, named, all_true, mentions = (torch.zeros(args.n, args.k) for _ in range(4))
@@ -109,9 +109,21 @@ def main():
             mentions[i, j] = len(ToyWorld.read_caption(texts[entry]))
 
     losses, timesteps = candidate_losses(unet, scheduler, z0, candidates, args.draws, snr_gamma, generator)
-    mean = losses.mean(0)
-    # The gap false − true within an image, per draw; its mean over draws and images (with the images'
-    # spread) is what the posterior can learn from, in total and per band of timesteps.
+    return {
+        "run": str(args.run), "n_latent": z0[0].numel(), "elbo_scale": elbo_scale(unet, scheduler, z0[:32], candidates[:32, 0], snr_gamma),
+        "losses": losses, "timesteps": timesteps, "log_pi": torch.log_softmax(logits, -1),
+        "position": position, "named": named, "all_true": all_true, "mentions": mentions,
+    }
+
+
+BANDS = {"all": (0, 1000), "s < 333": (0, 333), "333 <= s < 667": (333, 667), "s >= 667": (667, 1000), "s >= 800": (800, 1000)}
+
+
+def analyse(raw: dict, betas: list[float]) -> dict:
+    losses, timesteps, log_pi = raw["losses"], raw["timesteps"], raw["log_pi"]
+    position, named, all_true, mentions = raw["position"], raw["named"], raw["all_true"], raw["mentions"]
+    draws, n, k = losses.shape
+
     def gap(worse: torch.Tensor, better: torch.Tensor, strata: torch.Tensor | None = None) -> dict[str, dict[str, float]]:
         """Loss of the ``worse`` candidates minus the ``better`` ones of the same image (images with both), per
         band of timesteps; with ``strata`` (a label per candidate), compared only within a stratum."""
@@ -123,22 +135,32 @@ def main():
             per_draw.append(((losses * w).sum(-1) / w.sum(-1).clamp(min=1) - (losses * b).sum(-1) / b.sum(-1).clamp(min=1))[:, both])
             s.append(timesteps[:, both])
         per_draw, s = torch.cat(per_draw, 1), torch.cat(s, 1)
-        bands = {"all": torch.ones_like(s, dtype=torch.bool), "s < 333": s < 333, "333 <= s < 667": (s >= 333) & (s < 667), "s >= 667": s >= 667}
         figures = {}
-        for name, band in bands.items():
+        for name, (low, high) in BANDS.items():
+            band = (s >= low) & (s < high)
             seen = band.any(0)  # comparisons with a draw in the band
             per_image = (per_draw * band).sum(0)[seen] / band.sum(0)[seen]
             figures[name] = {"mean": per_image.mean().item(), "se": (per_image.std() / per_image.numel() ** 0.5).item(), "images": int(seen.sum())}
         return figures
 
-    mixed = (all_true.sum(-1) > 0) & (all_true.sum(-1) < args.k)
+    def choice(mean: torch.Tensor) -> dict:
+        """Precision of the lowest-loss candidate and of the posterior minimising the objective, per β."""
+        figures = {"lowest loss": precision(F.one_hot(mean.argmin(-1), k).float(), position, named, all_true)}
+        for beta in [*betas, 1 / raw["elbo_scale"]]:
+            w = torch.softmax(log_pi - raw["n_latent"] * mean / beta, -1)
+            kl = (w * (w.clamp(min=1e-30).log() - log_pi)).sum(-1).mean().item()
+            figures[f"optimal posterior, beta={beta:.4g}"] = {**precision(w, position, named, all_true), "kl": kl}
+        return figures
+
+    mixed = (all_true.sum(-1) > 0) & (all_true.sum(-1) < k)
     fewer = mentions < mentions.median(-1, keepdim=True).values
     single = losses - losses.mean(-1, keepdim=True)  # a single draw's loss around its image's mean: the noise the posterior sees
-    n_latent = z0[0].numel()
-    scale = elbo_scale(unet, scheduler, z0[:32], candidates[:32, 0], snr_gamma)
-
-    figures = {
-        "run": str(args.run), "n": args.n, "k": args.k, "draws": args.draws, "n_latent": n_latent, "elbo_scale": scale,
+    by_band = {}
+    for name, (low, high) in BANDS.items():
+        band = ((timesteps >= low) & (timesteps < high)).float()[..., None]
+        by_band[name] = choice((losses * band).sum(0) / band.sum(0).clamp(min=1))
+    return {
+        "run": raw["run"], "n": n, "k": k, "draws": draws, "n_latent": raw["n_latent"], "elbo_scale": raw["elbo_scale"],
         "images with true and false candidates": mixed.float().mean().item(),
         "loss gap, false - entirely true candidates": gap(1 - all_true, all_true),
         "loss gap, wrong - right position (candidates naming one)": gap(named * (1 - position), named * position),
@@ -147,19 +169,23 @@ def main():
         "loss per draw, spread across candidates of one image (std)": single.std().item(),
         "loss per draw, spread across draws (std)": losses.std(0).mean().item(),
         "prior sample": precision(log_pi.exp(), position, named, all_true),
-        "prior argmax": precision(torch.nn.functional.one_hot(log_pi.argmax(-1), args.k).float(), position, named, all_true),
-        "lowest loss": precision(torch.nn.functional.one_hot(mean.argmin(-1), args.k).float(), position, named, all_true),
-        "optimal posterior": {},
+        "prior argmax": precision(F.one_hot(log_pi.argmax(-1), k).float(), position, named, all_true),
+        "choosing by the loss in a band of timesteps": by_band,
     }
-    for beta in [*args.betas, 1 / scale]:
-        w = torch.softmax(log_pi - n_latent * mean / beta, -1)
-        kl = (w * (w.clamp(min=1e-30).log() - log_pi)).sum(-1).mean().item()
-        figures["optimal posterior"][f"beta={beta:.4g}"] = {**precision(w, position, named, all_true), "kl": kl}
+
+
+def main():
+    args = parse_args()
+    if (args.run is None) == (args.from_saved is None):
+        raise SystemExit("Pass --run (measure a trained run) or --from_saved (analyse saved losses).")
+    torch.set_num_threads(args.threads)
+    raw = torch.load(args.from_saved) if args.from_saved else measure(args)
+    figures = analyse(raw, args.betas)
     print(json.dumps(figures, indent=2))
     if args.output:
         args.output.write_text(json.dumps(figures, indent=2) + "\n")
-        raw = {"losses": losses, "timesteps": timesteps, "log_pi": log_pi, "position": position, "named": named, "all_true": all_true, "mentions": mentions}
-        torch.save(raw, args.output.with_suffix(".pt"))  # every candidate's losses, for analyses this script does not print
+        if not args.from_saved:
+            torch.save(raw, args.output.with_suffix(".pt"))  # every candidate's losses: rerun the analysis with --from_saved
 
 
 if __name__ == "__main__":
