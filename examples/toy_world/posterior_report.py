@@ -12,8 +12,8 @@ sampled caption embeddings of each image. Per training condition (one real capti
 - ``spread``: cosine between two independent draws for the same image (1: deterministic);
 - per attribute, the precision of the retrieved caption (what it names that is true of the image,
   `ToyWorld.read_caption` against the labels), and ``all true``, the share of retrieved captions
-  entirely true. A bank sample's retrieved caption is the candidate it drew; for any other
-  condition, the nearest text of the default corpus.
+  entirely true, and ``named``, how many attributes it names. A bank sample's retrieved caption is the
+  candidate it drew; for any other condition, the nearest text of the default corpus.
 
 Encoders are train.py's (`FrozenEncoders`, the shipped toy CLIP and VAE), so ``y`` and ``h(x)`` are
 those the posterior was trained on.
@@ -86,7 +86,8 @@ class Report:
         self.rows.append(row)
 
     def precision(self, texts: list[str]) -> dict[str, float]:
-        """Per attribute, the share of the texts naming it that name the image's value; and the share entirely true."""
+        """Per attribute, the share of the texts naming it that name the image's value; the share entirely
+        true; and how many attributes a text names on average."""
         named, right, all_true = Counter(), Counter(), 0
         for i, text in enumerate(texts):
             values = ToyWorld.read_caption(text)
@@ -94,7 +95,11 @@ class Report:
             named.update(true.keys())
             right.update(a for a, ok in true.items() if ok)
             all_true += all(true.values())
-        return {**{a: right[a] / named[a] if named[a] else float("nan") for a in ATTRIBUTE_NAMES}, "all true": all_true / len(texts)}
+        return {
+            **{a: right[a] / named[a] if named[a] else float("nan") for a in ATTRIBUTE_NAMES},
+            "all true": all_true / len(texts),
+            "named": sum(named.values()) / len(texts),
+        }
 
     def print(self):
         columns = list(self.rows[0])
