@@ -309,6 +309,31 @@ def _looks_like_a_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
+# The flags that decide what a checkpoint's tensors are: a resumed run must keep them.
+MODEL_FLAGS = (
+    "method", "prior", "prior_texts", "logit_scale", "bank_concentration", "bank_top_k", "posterior_family",
+    "posterior_hidden_dim", "unet_preset", "pretrained_unet", "pretrained_pipeline", "pretrained_clip",
+    "pretrained_vae", "pretrained_model_name_or_path", "resolution", "learn_null_embedding", "use_ema",
+)
+
+
+def check_resume_flags(args, checkpoint: Path | None) -> None:
+    """Fails before anything loads when ``checkpoint``'s run was trained with other model flags (its
+    ``training_args.json``), instead of deep in loading its state or, worse, training on silently."""
+    saved = checkpoint.parent / "training_args.json" if checkpoint is not None else None
+    if saved is None or not saved.is_file():
+        return
+    trained = json.loads(saved.read_text())
+    changed = [flag for flag in MODEL_FLAGS if flag in trained and trained[flag] != getattr(args, flag, None)]
+    if changed:
+        was = " ".join(f"--{flag} {trained[flag]}" for flag in changed)
+        now = " ".join(f"--{flag} {getattr(args, flag)}" for flag in changed)
+        raise SystemExit(
+            f"{checkpoint} was trained with {was}; this command asks for {now}. Resume with the run's own flags, "
+            f"or train anew: another --output_dir, or without --resume_from_checkpoint."
+        )
+
+
 def public_args(args) -> dict:
     """The run's flags as written to ``training_args.json`` and the trackers: never the Hub token."""
     return {key: value for key, value in vars(args).items() if key != "hub_token"}
@@ -341,6 +366,7 @@ def main(args):
     # non-finite loss check below, which names the step and keeps the last good checkpoint.
     torch.distributions.Distribution.set_default_validate_args(False)
     set_seed(args.seed)  # the same on every process: identical initial weights and data order
+    check_resume_flags(args, find_checkpoint(args.resume_from_checkpoint, output_dir))
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "training_args.json").write_text(json.dumps(public_args(args), indent=2))

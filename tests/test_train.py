@@ -410,3 +410,16 @@ def test_a_busy_machine_is_named_with_what_to_do():
     warning = busy_machine_warning(5.3, 2, None)
     assert "load average is 5.3, above the 2 cores" in warning and "OMP_WAIT_POLICY=PASSIVE" in warning
     assert "OMP_WAIT_POLICY" not in busy_machine_warning(5.3, 2, "passive")  # already set: only the fact
+
+
+def test_resuming_with_other_model_flags_fails_before_anything_loads(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from train import check_resume_flags, parse_args, public_args
+
+    trained = parse_args(["--output_dir", str(tmp_path)])  # the clip prior, train.py's default
+    (tmp_path / "training_args.json").write_text(json.dumps(public_args(trained)))
+    checkpoint = tmp_path / "checkpoint-100"
+    check_resume_flags(parse_args(["--output_dir", str(tmp_path), "--max_train_steps", "9000"]), checkpoint)  # a longer run: fine
+    with pytest.raises(SystemExit, match=r"checkpoint-100 was trained with --prior clip; this command asks for --prior text-bank"):
+        check_resume_flags(parse_args(["--output_dir", str(tmp_path), "--prior", "text-bank"]), checkpoint)
+    check_resume_flags(parse_args(["--prior", "text-bank"]), None)  # nothing to resume: nothing to check
