@@ -36,10 +36,12 @@ def parse_args():
 
 def read_row(spec: str) -> tuple[str, int, dict]:
     """The label, training seed and figures of one ``LABEL=REPORT:RUN``."""
-    label, _, source = spec.partition("=")
+    label, _, source = spec.rpartition("=")  # a label may hold "=" ("β = 1"), a report's path does not
     report, _, run = source.rpartition(":")
     if not (label and report and run):
         raise SystemExit(f"{spec!r}: expected LABEL=REPORT:RUN, e.g. 'vdl=results/seed0/results.json:vdl'.")
+    if not Path(report).is_file():
+        raise SystemExit(f"{spec!r}: no report {report}.")
     data = json.loads(Path(report).read_text())
     if run not in data["runs"]:
         raise SystemExit(f"{report} has no run {run!r}; it has {', '.join(data['runs'])}.")
