@@ -19,4 +19,6 @@ python examples/results_table.py --output $R/text_bank/table.md \
   "image=$R/text_bank/seed1-baselines/results.json:image" \
   "lafite=$R/text_bank/seed0-baselines/results.json:lafite" \
   "vdl, text-bank, 1 % of captions=$R/text_bank/seed0-semi/results.json:vdl-captions-0.01" \
-  "vdl, text-bank, 10 % of captions=$R/text_bank/seed0-semi/results.json:vdl-captions-0.1"
+  "vdl, text-bank, 1 % of captions=$R/text_bank/seed1-semi/results.json:vdl-captions-0.01" \
+  "vdl, text-bank, 10 % of captions=$R/text_bank/seed0-semi/results.json:vdl-captions-0.1" \
+  "vdl, text-bank, 10 % of captions=$R/text_bank/seed1-semi/results.json:vdl-captions-0.1"
