@@ -15,9 +15,11 @@ python examples/results_table.py --output $R/text_bank/table.md \
   "prior-sample, text-bank=$R/text_bank/seed1/results.json:prior-sample" \
   "vdl, clip=$R/lr4e-3/toy_benchmark.json:vdl" \
   "prior-sample, clip=$R/lr4e-3/toy_benchmark.json:prior-sample" \
+  "prior-sample, clip=$R/text_bank/seed1-baselines/results.json:prior-sample" \
   "image=$R/text_bank/seed0-baselines/results.json:image" \
   "image=$R/text_bank/seed1-baselines/results.json:image" \
   "lafite=$R/text_bank/seed0-baselines/results.json:lafite" \
+  "lafite=$R/text_bank/seed1-baselines/results.json:lafite" \
   "vdl, text-bank, 1 % of captions=$R/text_bank/seed0-semi/results.json:vdl-captions-0.01" \
   "vdl, text-bank, 1 % of captions=$R/text_bank/seed1-semi/results.json:vdl-captions-0.01" \
   "vdl, text-bank, 10 % of captions=$R/text_bank/seed0-semi/results.json:vdl-captions-0.1" \
