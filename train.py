@@ -163,12 +163,6 @@ def parse_args(argv=None):
         "Gumbel-softmax; S > 1: through the exact score-function gradient with a leave-one-out baseline, the S draws "
         "sharing noise and timestep (the UNet then sees S x --train_batch_size rows per step).",
     )
-    g.add_argument(
-        "--posterior_min_timestep", type=non_negative_int, default=0,
-        help="With --posterior_samples > 1, the posterior's weights learn only from draws at diffusion timesteps "
-        ">= this (of 1000), where the condition decides the image's layout; the UNet still trains on every timestep. "
-        "0: the whole bound. See docs/text_bank.md.",
-    )
     g.add_argument("--beta", type=non_negative_float, default=1.0, help="Weight of the KL term.")
     g.add_argument("--beta_warmup_steps", type=non_negative_int, default=0, help="Linear warm-up of beta from 0 over this many steps.")
     g.add_argument("--caption_weight", type=non_negative_float, default=1.0, help="λ on -log q(t* | x, y) for captioned images.")
@@ -285,10 +279,6 @@ def check_args(parser, args):
                      "or DATASET:COLUMN; the built-in texts describe the toy world.")  # fmt: skip
     if args.method == "vdl" and args.posterior_family == "bank_mixture" and args.prior != "text-bank":
         parser.error("--posterior_family bank_mixture reweighs the text-bank prior's candidates: add --prior text-bank.")
-    if args.posterior_min_timestep and args.posterior_samples == 1:
-        parser.error("--posterior_min_timestep selects the draws of --posterior_samples > 1: add --posterior_samples 2.")
-    if args.posterior_min_timestep >= 1000:
-        parser.error(f"--posterior_min_timestep {args.posterior_min_timestep}: the forward process has timesteps 0-999; pass one below 1000.")
     if args.posterior_samples > 1 and (args.method != "vdl" or args.posterior_family != "bank_mixture"):
         parser.error("--posterior_samples > 1 trains the bank-mixture posterior: use it with --method vdl --posterior_family bank_mixture.")
     if args.method == "vdl" and args.posterior_family == "gaussian" and args.prior == "text-bank":
@@ -414,7 +404,7 @@ def main(args):
         unet, noise_scheduler, method=args.method, posterior=posterior, prior=prior, p_uncond=args.p_uncond,
         learn_null_embedding=args.learn_null_embedding, lafite_xi=args.lafite_xi, caption_weight=args.caption_weight,
         snr_gamma=args.snr_gamma or None, noise_offset=args.noise_offset, captions=num_captions > 0,
-        posterior_samples=args.posterior_samples, posterior_min_timestep=args.posterior_min_timestep,
+        posterior_samples=args.posterior_samples,
     )
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()

@@ -271,8 +271,6 @@ def test_training_continues_from_a_saved_pipeline(world, tmp_path):
         (["--prior", "text-bank", "--posterior_family", "gaussian"], "use power_spherical or bank_mixture"),
         (["--prior", "text-bank", "--posterior_samples", "2"], "--posterior_samples > 1 trains the bank-mixture posterior"),
         (["--posterior_samples", "0"], "argument --posterior_samples: must be > 0"),
-        (["--posterior_min_timestep", "800"], "add --posterior_samples 2"),
-        (["--posterior_samples", "2", "--posterior_min_timestep", "1000"], "the forward process has timesteps 0-999"),
         (["--prior", "text-bank", "--dataset_name", "user/images"], "--prior text-bank on your data needs unpaired texts"),
         (["--resume_from_checkpoint", "/no/such/checkpoint-3"], "is not a complete checkpoint"),
         (["--pretrained_model_name_or_path", "./no/such/sd"], "--pretrained_model_name_or_path ./no/such/sd: no such folder"),

@@ -114,7 +114,6 @@ class ELBO(nn.Module):
         noise_offset: float = 0.0,
         captions: bool = True,
         posterior_samples: int = 1,
-        posterior_min_timestep: int = 0,
     ):
         super().__init__()
         if method == "vdl" and (posterior is None or prior is None):
@@ -127,7 +126,7 @@ class ELBO(nn.Module):
         self.method, self.p_uncond, self.lafite_xi = method, p_uncond, lafite_xi
         self.caption_weight, self.snr_gamma, self.noise_offset = caption_weight, snr_gamma, noise_offset
         self.captions = captions  # whether any image has a visible caption: known from the dataset, never asked of a batch
-        self.posterior_samples, self.posterior_min_timestep = posterior_samples, posterior_min_timestep
+        self.posterior_samples = posterior_samples
         null = torch.zeros(unet.config.encoder_hid_dim)
         self.null_embedding = nn.Parameter(null, requires_grad=learn_null_embedding)
         if prior is not None:
@@ -154,11 +153,8 @@ class ELBO(nn.Module):
         if c.log_q is not None:
             # ∇_w E_w[L] = E[(L - b) ∇ log w_j] with b the mean loss of the image's other draws (RLOO):
             # unbiased, and low-variance because the draws share noise and timestep. Zero in value.
-            # Only draws at timesteps ≥ posterior_min_timestep count: where the condition decides the
-            # layout (below, the toy world's ground truth finds the loss blind to it; docs/text_bank.md).
             l_draws = l_rows.detach().view(draws, -1)
             advantage = l_draws - (l_draws.sum(0) - l_draws) / (draws - 1)
-            advantage = advantage * (timesteps.view(draws, -1) >= self.posterior_min_timestep)
             score = (advantage * c.log_q.view(draws, -1)).mean()
             loss = loss + score - score.detach()
         return loss, logs
