@@ -265,10 +265,10 @@ class CachedEmbeddingDataset(torch.utils.data.Dataset):
     drew. ``caption_embeds``
     is zeros where ``has_caption`` is False. Torch's default collate batches the rows.
 
-    Shards are memory-mapped, so the cache need not fit in RAM. ``dataset[i]`` reads one row;
-    torch's DataLoader calls ``__getitems__`` with a whole batch's indices, which reads each tensor's
-    rows of a shard with one gather (the same values, bit for bit). `load_into_memory` holds the
-    cache in RAM instead, when it fits.
+    Shards are memory-mapped, so the cache need not fit in RAM. Torch's DataLoader calls
+    ``__getitems__`` with a whole batch's indices, which reads each tensor's rows of a shard with one
+    gather; ``dataset[i]`` is the same read for one row. `load_into_memory` holds the cache in RAM
+    instead, when it fits.
     """
 
     def __init__(self, folder: str | os.PathLike):
@@ -284,7 +284,7 @@ class CachedEmbeddingDataset(torch.utils.data.Dataset):
         for shard_id, shard in enumerate(self.shards):
             index = _read(self.folder / shard, "index").numpy()
             self._shard_of[index], self._row_of[index] = shard_id, np.arange(len(index))
-        self._files, self._maps, self._dtypes, self._columns = {}, {}, {}, None
+        self._maps, self._dtypes, self._columns = {}, {}, None
 
     def __len__(self) -> int:
         return len(self._shard_of)
@@ -295,11 +295,7 @@ class CachedEmbeddingDataset(torch.utils.data.Dataset):
         return sum(int(_read(self.folder / shard, "has_caption").sum()) for shard in self.shards)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if self._columns is not None:
-            return {key: column[index] for key, column in self._columns.items()}
-        file = self._file(int(self._shard_of[index]))
-        row = int(self._row_of[index])
-        return {key: file.get_slice(key)[row] for key in self.keys}
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
         """The rows of a batch, as ``[dataset[i] for i in indices]`` gives them, read one gather per tensor and shard.
@@ -376,14 +372,8 @@ class CachedEmbeddingDataset(torch.utils.data.Dataset):
         batch["latents"] = torch.where(flip[:, None, None, None], flipped, batch["latents"])
         return batch
 
-    def _file(self, shard_id: int):
-        """The open shard, opened lazily so each dataloader worker maps its own."""
-        if shard_id not in self._files:
-            self._files[shard_id] = safe_open(self.folder / self.shards[shard_id], framework="pt")
-        return self._files[shard_id]
-
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_files": {}, "_maps": {}}  # open files and maps do not pickle (spawned workers)
+        return {**self.__dict__, "_maps": {}}  # memory maps do not pickle (spawned workers)
 
 
 # safetensors' dtypes as numpy reads them (bfloat16 as its bits, viewed back in torch).
@@ -417,10 +407,8 @@ def _as_tensor(values: np.ndarray, dtype: str) -> torch.Tensor:
 
 def _tensor_bytes(path: Path, keys: list[str]) -> int:
     with safe_open(path, framework="pt") as file:
-        return sum(math.prod(file.get_slice(key).get_shape()) * _ITEM_BYTES[file.get_slice(key).get_dtype()] for key in keys)
-
-
-_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+        slices = [file.get_slice(key) for key in keys]
+        return sum(math.prod(s.get_shape()) * np.dtype(_NUMPY_DTYPES[s.get_dtype()]).itemsize for s in slices)
 
 
 def _available_memory() -> int:
