@@ -356,7 +356,8 @@ def main(args):
     # non-finite loss check below, which names the step and keeps the last good checkpoint.
     torch.distributions.Distribution.set_default_validate_args(False)
     set_seed(args.seed)  # the same on every process: identical initial weights and data order
-    check_resume_flags(args, find_checkpoint(args.resume_from_checkpoint, output_dir))
+    checkpoint = find_checkpoint(args.resume_from_checkpoint, output_dir)
+    check_resume_flags(args, checkpoint)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "training_args.json").write_text(json.dumps(public_args(args), indent=2))
@@ -450,7 +451,6 @@ def main(args):
     set_seed(args.seed, device_specific=True)  # from here on, each process draws its own noise
 
     global_step, first_epoch, skip_batches = 0, 0, 0
-    checkpoint = find_checkpoint(args.resume_from_checkpoint, output_dir)
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, ema_unet)
         global_step = state["global_step"]
