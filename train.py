@@ -114,7 +114,12 @@ def parse_args(argv=None):
         help="Where encoded latents and CLIP embeddings are cached, and the toy world's images saved (default: $HF_HOME/vdl-diffusion, "
         "beside the Hugging Face caches: %(default)s).",
     )
-    g.add_argument("--no_cache", action="store_true", help="Run the frozen encoders in every step (streaming data too large to cache).")
+    g.add_argument(
+        "--streaming", action="store_true",
+        help="Stream --dataset_name (datasets' streaming=True) instead of downloading it first: the embedding cache is built in one "
+        "pass as the images arrive, and a killed build resumes from its finished shards.",
+    )
+    g.add_argument("--no_cache", action="store_true", help="Run the frozen encoders in every step (nothing is written beside the images).")
     g.add_argument("--cache_in_memory", action="store_true", help="Hold the embedding cache in RAM if it fits in half the available memory (logged); else it stays memory-mapped.")
     g.add_argument("--dataloader_num_workers", type=non_negative_int, default=0, help="Data loader worker processes.")
 
@@ -236,6 +241,8 @@ def check_args(parser, args):
     """Fail before any model loads on flags that cannot work together."""
     if args.dataset_name and args.train_data_dir:
         parser.error("Give --dataset_name or --train_data_dir, not both.")
+    if args.streaming and args.no_cache:
+        parser.error("--streaming reads the stream once, into the embedding cache: drop --no_cache.")
     needs_captions = args.method == "supervised" or args.caption_fraction > 0 or args.prior == "learned"
     toy_world = not (args.dataset_name or args.train_data_dir)
     if needs_captions and not args.caption_column:
@@ -378,16 +385,19 @@ def main(args):
         caption_column=args.caption_column,
         max_train_samples=args.max_train_samples,
         cache_dir=args.cache_dir,
+        streaming=args.streaming,
     )
-    logger.info(f"{len(dataset)} training images; {len(skipped)} could not be decoded and are skipped.")
-    if accelerator.is_main_process:
-        write_skipped(skipped, output_dir)
     train_dataset = build_or_load_cache(
         accelerator, dataset, encoders, args.embedding_cache_dir, resolution=args.resolution, image_column=args.image_column,
         center_crop=args.center_crop, random_flip=args.random_flip, caption_column=args.caption_column,
         caption_fraction=args.caption_fraction, seed=args.seed, num_workers=args.dataloader_num_workers,
         no_cache=args.no_cache, interpolation=args.image_interpolation_mode,
     )
+    if args.streaming:  # a stream's images are checked as its cache is built
+        skipped = train_dataset.skipped
+    logger.info(f"{len(train_dataset)} training images; {len(skipped)} could not be decoded and are skipped.")
+    if accelerator.is_main_process:
+        write_skipped(skipped, output_dir)
     if args.cache_in_memory and not args.no_cache:
         train_dataset.load_into_memory()  # logs whether the cache fits
     num_captions = train_dataset.num_captions

@@ -12,6 +12,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPImageProcessor
 
@@ -20,6 +21,7 @@ from vdl_diffusion.cache import (
     METADATA,
     CachedEmbeddingDataset,
     _encode_shards,
+    _encode_stream,
     _write_metadata,
     build_or_load_cache,
     cache_settings,
@@ -249,7 +251,7 @@ def test_shards_from_several_processes_merge_into_one_dataset(accelerator, datas
     for rank in range(3):
         process = SimpleNamespace(process_index=rank, num_processes=3, is_local_main_process=rank == 0)
         _encode_shards(process, images, encoders, folder, random_flip=False, batch_size=2, num_workers=0, settings=settings)
-    _write_metadata(folder, settings)
+    _write_metadata(folder, settings, NUM_IMAGES)
     sharded = CachedEmbeddingDataset(folder)
     assert len(sharded.shards) == 3 and len(sharded) == NUM_IMAGES
     for i in range(NUM_IMAGES):
@@ -368,7 +370,7 @@ def test_a_killed_build_resumes_from_its_finished_shards(accelerator, dataset, e
     with pytest.raises(KeyboardInterrupt):
         build(accelerator, dataset, encoders, tmp_path / "resumed", center_crop=False)
     folder = next(path for path in (tmp_path / "resumed").iterdir() if path.is_dir())
-    assert [path.name for path in folder.glob("shard-*")] == ["shard-00000-of-00003.safetensors"]
+    assert [path.name for path in folder.glob("shard-*")] == ["shard-00000.safetensors"]
     calls.clear()
     monkeypatch.setattr(encoders, "encode_images", lambda pixel_values: calls.append(len(pixel_values)) or encode_images(pixel_values))
     resumed = build(accelerator, dataset, encoders, tmp_path / "resumed", center_crop=False)
@@ -383,16 +385,91 @@ def test_a_killed_build_resumes_from_its_finished_shards(accelerator, dataset, e
 def test_a_shard_of_other_settings_or_block_size_is_encoded_again(accelerator, dataset, encoders, tmp_path, small_shards, monkeypatch, image_calls):
     cache = build(accelerator, dataset, encoders, tmp_path)
     folder = cache.folder
-    shard = folder / "shard-00001-of-00003.safetensors"
+    shard = folder / "shard-00001.safetensors"
     tensors = load_file(shard)
-    save_file(tensors, shard, metadata={"settings": "{}"})  # encoded with other settings
-    save_file(tensors, folder / "shard-00000-of-00002.safetensors")  # from a build with another block size
+    header = load_header(shard)
+    save_file(tensors, shard, metadata={**header, "settings": "{}"})  # encoded with other settings
+    save_file(tensors, folder / "shard-00003.safetensors", metadata=header)  # past the end: from a build with smaller blocks
     (folder / METADATA).unlink()
     image_calls.clear()
     rebuilt = build(accelerator, dataset, encoders, tmp_path)
     assert len(image_calls) == 1  # block 1 only, in one batch of 4
-    assert sorted(path.name for path in folder.iterdir()) == [METADATA, *(f"shard-0000{k}-of-00003.safetensors" for k in range(3))]
+    assert sorted(path.name for path in folder.iterdir()) == [METADATA, *(f"shard-0000{k}.safetensors" for k in range(3))]
     assert len(rebuilt) == NUM_IMAGES
+
+
+def load_header(path):
+    with safe_open(path, framework="pt") as file:
+        return file.metadata()
+
+
+# --- Streamed datasets: the cache built in one pass ------------------------------------------------
+
+
+def stream_of(dataset, broken=()):
+    """``dataset`` as a ``datasets.IterableDataset`` (as `stream_dataset` returns one), rows ``broken`` not images."""
+    if broken:
+        cells = [{"bytes": b"not an image", "path": f"broken-{i}.png"} if i in broken else cell for i, cell in enumerate(dataset["image"])]
+        dataset = dataset.remove_columns("image").add_column("image", cells).cast_column("image", datasets.Image(decode=False))
+    stream = dataset.to_iterable_dataset()
+    stream._fingerprint = dataset._fingerprint
+    return stream
+
+
+def test_a_stream_is_cached_in_one_pass_as_its_dataset_would_be(accelerator, dataset, encoders, tmp_path, small_shards, monkeypatch):
+    """The rows of the map-style dataset's cache; a broken image is skipped and listed, not fatal."""
+    mapped = build(accelerator, dataset, encoders, tmp_path / "mapped", caption_fraction=1.0)
+    passes, iterate = [], datasets.IterableDataset.__iter__
+    monkeypatch.setattr(datasets.IterableDataset, "__iter__", lambda self: passes.append(1) or iterate(self))
+    streamed = build(accelerator, stream_of(dataset, broken={5}), encoders, tmp_path / "streamed", caption_fraction=1.0)
+    assert passes == [1] and len(streamed) == NUM_IMAGES - 1 and len(streamed.shards) == 3
+    assert len(streamed.skipped) == 1 and streamed.skipped[0].startswith("row 5 (broken-5.png): UnidentifiedImageError")
+    kept = [i for i in range(NUM_IMAGES) if i != 5]
+    for row, image in enumerate(kept):
+        for key in ("y", "features", "caption_embeds", "has_caption"):
+            torch.testing.assert_close(streamed[row][key], mapped[image][key], atol=1e-4, rtol=1e-4)  # other batches
+    assert streamed.num_captions == mapped.num_captions - 1  # image 5 had a caption
+    assert CachedEmbeddingDataset(streamed.folder).load_into_memory()  # in-memory rows follow the same order
+
+
+def test_a_killed_stream_build_resumes_and_several_processes_write_what_one_does(
+    accelerator, dataset, encoders, tmp_path, small_shards, monkeypatch
+):
+    straight = build(accelerator, stream_of(dataset, broken={1}), encoders, tmp_path / "straight", center_crop=False)
+    encode_images, calls = encoders.encode_images, []
+
+    def killed_in_the_second_block(pixel_values):
+        calls.append(len(pixel_values))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return encode_images(pixel_values)
+
+    monkeypatch.setattr(encoders, "encode_images", killed_in_the_second_block)
+    with pytest.raises(KeyboardInterrupt):
+        build(accelerator, stream_of(dataset, broken={1}), encoders, tmp_path / "resumed", center_crop=False)
+    calls.clear()
+    monkeypatch.setattr(encoders, "encode_images", lambda pixel_values: calls.append(len(pixel_values)) or encode_images(pixel_values))
+    resumed = build(accelerator, stream_of(dataset, broken={1}), encoders, tmp_path / "resumed", center_crop=False)
+    assert calls == [4, 2]  # blocks 1 and 2 only; block 0 (3 images and the broken one) was kept
+    everything = list(range(NUM_IMAGES - 1))
+    assert_identical(*(torch.utils.data.default_collate(cache.__getitems__(everything)) for cache in (resumed, straight)))
+    assert [line.split(" at 0x")[0] for line in resumed.skipped] == [line.split(" at 0x")[0] for line in straight.skipped]
+
+    # Three processes, each reading the whole stream and encoding its own block, write the one-process cache.
+    folder, settings = tmp_path / "sharded", straight.settings
+    folder.mkdir()
+    transform = ImageTransform(RESOLUTION, center_crop=False)
+    for rank in range(3):
+        process = SimpleNamespace(process_index=rank, num_processes=3, is_local_main_process=rank == 0)
+        length = _encode_stream(
+            process, stream_of(dataset, broken={1}), transform, encoders, folder, True, 4, settings, "image", "text", 0.5
+        )
+        assert length == NUM_IMAGES
+    _write_metadata(folder, settings, NUM_IMAGES)
+    assert_identical(
+        torch.utils.data.default_collate(CachedEmbeddingDataset(folder).__getitems__(everything)),
+        torch.utils.data.default_collate(straight.__getitems__(everything)),
+    )
 
 
 def test_text_bank_candidates_are_read_a_batch_at_a_time(accelerator, dataset, encoders, tmp_path, small_shards):

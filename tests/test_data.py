@@ -132,6 +132,27 @@ def test_a_reloaded_dataset_keeps_its_fingerprint(image_folder, hf_cache, datase
     assert again._fingerprint == dataset._fingerprint
 
 
+def test_a_stream_has_a_fingerprint_that_follows_its_files(image_folder, hf_cache, tmp_path):
+    """A streamed folder: every row undecoded and in order, the fingerprint the same on every load (so the cache
+    is found again) and new when a file changes or fewer rows are taken."""
+    stream, skipped = load_image_dataset(train_data_dir=str(image_folder), caption_column="text", cache_dir=hf_cache, streaming=True)
+    assert isinstance(stream, datasets.IterableDataset) and skipped == []  # broken images are found as the cache is built
+    rows = list(stream)
+    assert len(rows) == len(good_images()) + len(broken_images()) and all(set(row["image"]) == {"bytes", "path"} for row in rows)
+    again, _ = load_image_dataset(train_data_dir=str(image_folder), caption_column="text", cache_dir=hf_cache, streaming=True)
+    five, _ = load_image_dataset(train_data_dir=str(image_folder), max_train_samples=5, cache_dir=hf_cache, streaming=True)
+    assert again._fingerprint == stream._fingerprint != five._fingerprint and len(list(five)) == 5
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for file in image_folder.iterdir():
+        (copy / file.name).write_bytes(file.read_bytes())
+    before = data.stream_dataset(None, train_data_dir=str(copy), cache_dir=hf_cache)._fingerprint
+    (copy / "rgb0.jpg").write_bytes(png_bytes(noise(24, 40), "JPEG"))
+    assert data.stream_dataset(None, train_data_dir=str(copy), cache_dir=hf_cache)._fingerprint != before
+    with pytest.raises(ValueError, match=r"caption_column.*'prompt'"):
+        load_image_dataset(train_data_dir=str(image_folder), caption_column="prompt", cache_dir=hf_cache, streaming=True)
+
+
 def test_skipped_images_are_named_in_the_log(image_folder, hf_cache, caplog):
     with caplog.at_level(logging.WARNING):
         _, skipped = load_image_dataset(train_data_dir=str(image_folder), caption_column="text", cache_dir=hf_cache)

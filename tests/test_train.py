@@ -85,6 +85,7 @@ def generates(folder):
         ("vdl", ["--prior", "clip-gap", "--posterior_family", "gaussian"]),
         ("vdl", ["--no_cache", "--random_flip", "--caption_column", "text", "--caption_fraction", "0.25"]),
         ("vdl", ["--prior", "learned", "--caption_column", "text", "--caption_fraction", "0.5"]),
+        ("vdl", ["--streaming", "--caption_column", "text", "--caption_fraction", "0.5"]),  # broken images found as it is cached
         ("lafite", ["--snr_gamma", "0"]),  # Min-SNR off
         ("image", []),
         ("prior-sample", []),
@@ -271,6 +272,7 @@ def test_training_continues_from_a_saved_pipeline(world, tmp_path):
         (["--prior", "text-bank", "--posterior_family", "gaussian"], "use power_spherical or bank_mixture"),
         (["--prior", "text-bank", "--posterior_samples", "2"], "--posterior_samples > 1 trains the bank-mixture posterior"),
         (["--posterior_samples", "0"], "argument --posterior_samples: must be > 0"),
+        (["--streaming", "--no_cache"], "--streaming reads the stream once, into the embedding cache: drop --no_cache"),
         (["--prior", "text-bank", "--dataset_name", "user/images"], "--prior text-bank on your data needs unpaired texts"),
         (["--resume_from_checkpoint", "/no/such/checkpoint-3"], "is not a complete checkpoint"),
         (["--pretrained_model_name_or_path", "./no/such/sd"], "--pretrained_model_name_or_path ./no/such/sd: no such folder"),

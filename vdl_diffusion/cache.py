@@ -6,17 +6,22 @@ run may see, its text embedding `t*`. A folder under ``cache_dir`` holds one cac
 hash of everything that decides the tensors (dataset, encoder weights, resolution, crop, flip,
 caption settings), so a changed setting never reads a stale cache.
 
-Layout of a cache folder: ``shard-<k>-of-<n>.safetensors``, block ``k`` of the dataset's images
-``[k·SHARD_ROWS, (k+1)·SHARD_ROWS)`` with the global ``index`` of its rows and, in its header, the
-settings it was encoded with; and ``metadata.json``, written last, which marks the cache complete.
-A process encodes every ``num_processes``-th block and writes each as soon as it is full, so a build
-holds one block in memory whatever the dataset's size. Every file is written under a temporary name
-and moved into place with ``os.replace``. A folder without a matching ``metadata.json`` (a killed
-run) is resumed: each block whose shard opens, holds exactly that block's indices and was encoded
-with these settings is kept, every other file is deleted and re-encoded. Random crops are seeded
-per block, so a resumed build (with any number of processes) writes what a straight one would.
-The main process holds a lock on the folder (`vdl_diffusion.files.locked`) while it checks and
-builds, so a second run needing the same cache waits, then reads it, instead of deleting it half-built.
+Layout of a cache folder: ``shard-<k>.safetensors``, block ``k`` of the dataset's images
+``[k·SHARD_ROWS, (k+1)·SHARD_ROWS)`` with the ``index`` of its rows and, in its header, the settings it
+was encoded with and the rows of the block it skipped (undecodable images of a stream); and
+``metadata.json``, written last, which marks the cache complete. A process encodes every
+``num_processes``-th block and writes each as soon as it is full, so a build holds one block in memory
+whatever the dataset's size. Every file is written under a temporary name and moved into place with
+``os.replace``. A folder without a matching ``metadata.json`` (a killed run) is resumed: each block
+whose shard opens, covers exactly that block and was encoded with these settings is kept, every
+other is encoded again. Random crops are seeded per block, so a resumed build (with any number of
+processes) writes what a straight one would. The main process holds a lock on the folder
+(`vdl_diffusion.files.locked`) while it checks and builds, so a second run needing the same cache
+waits, then reads it, instead of deleting it half-built.
+
+A streamed dataset (``datasets.IterableDataset``) is cached the same way in one pass over the stream:
+its length is learnt at its end, its images are checked as they are decoded, and a killed build reads
+the stream again but decodes and encodes only the blocks it has not finished.
 
 Reading: `CachedEmbeddingDataset` memory-maps the shards and reads a batch's rows with one gather
 per tensor and shard (``__getitems__``, which torch's DataLoader calls with the batch's indices), or
@@ -27,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
@@ -42,7 +48,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .data import ImageDataset, ImageTransform
+from .data import ImageDataset, ImageTransform, caption_text, encode_batch, try_decode_image
 from .encoders import FrozenEncoders
 from .files import locked, write_atomically
 
@@ -55,7 +61,7 @@ METADATA = "metadata.json"
 
 def build_or_load_cache(
     accelerator: Accelerator,
-    dataset: datasets.Dataset,
+    dataset: datasets.Dataset | datasets.IterableDataset,
     encoders: FrozenEncoders,
     cache_dir: str | os.PathLike,
     *,
@@ -76,9 +82,13 @@ def build_or_load_cache(
     Every process encodes every ``num_processes``-th block of ``SHARD_ROWS`` images, writing each
     block's shard as soon as it is encoded (a killed build resumes from them); the main process then
     checks that the shards cover the dataset and writes the metadata. Call it on all processes.
+    A streamed ``dataset`` is read once by each process (`_encode_stream`).
     With ``no_cache`` it returns the images themselves (an `ImageDataset`) and nothing is cached.
     Either way, ``dataset.prepare_batch(batch, encoders)`` turns a loaded batch into the same keys.
     """
+    streaming = isinstance(dataset, datasets.IterableDataset)
+    if no_cache and streaming:
+        raise ValueError("A streamed dataset is read through the cache, built in one pass: drop `no_cache` (--no_cache).")
     if no_cache:
         transform = ImageTransform(resolution, center_crop, random_flip, interpolation)
         return ImageDataset(dataset, transform, image_column, caption_column, caption_fraction, seed)
@@ -103,24 +113,32 @@ def build_or_load_cache(
         if complete:
             logger.info(f"Reusing the embedding cache {folder}.")
         else:
-            logger.info(f"Encoding {len(dataset)} images into the embedding cache {folder} (finished shards of a killed build are kept).")
+            what = "the streamed" if streaming else len(dataset)
+            logger.info(f"Encoding {what} images into the embedding cache {folder} (finished shards of a killed build are kept).")
             if accelerator.is_main_process:
-                _prune(folder, settings)
+                _prune(folder)
             accelerator.wait_for_everyone()
             transform = ImageTransform(resolution, center_crop, interpolation=interpolation)  # no flip: both orientations are encoded
-            images = ImageDataset(dataset, transform, image_column, caption_column, caption_fraction, seed)
             # A private RNG for random crops (seeded per block): building a cache leaves the training run's randomness as it was.
             with torch.random.fork_rng(devices=[]):
-                _encode_shards(accelerator, images, encoders, folder, random_flip, batch_size, num_workers, settings)
+                if streaming:
+                    num_rows = _encode_stream(
+                        accelerator, dataset, transform, encoders, folder, random_flip, batch_size, settings,
+                        image_column, caption_column, caption_fraction,
+                    )
+                else:
+                    images = ImageDataset(dataset, transform, image_column, caption_column, caption_fraction, seed)
+                    _encode_shards(accelerator, images, encoders, folder, random_flip, batch_size, num_workers, settings)
+                    num_rows = len(images)
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                _write_metadata(folder, settings)
+                _write_metadata(folder, settings, num_rows)
             accelerator.wait_for_everyone()
     return CachedEmbeddingDataset(folder)
 
 
 def cache_settings(
-    dataset: datasets.Dataset,
+    dataset: datasets.Dataset | datasets.IterableDataset,
     encoders: FrozenEncoders,
     *,
     image_column: str,
@@ -141,7 +159,7 @@ def cache_settings(
         **filter_setting,
         "version": CACHE_VERSION,
         "dataset": dataset._fingerprint,
-        "num_images": len(dataset),
+        "num_images": None if isinstance(dataset, datasets.IterableDataset) else len(dataset),  # a stream's is learnt at its end
         "image_column": image_column,
         "encoders": encoders.fingerprint(),
         "resolution": resolution,
@@ -167,8 +185,11 @@ def _blocks(num_images: int) -> list[range]:
     return [range(start, min(start + SHARD_ROWS, num_images)) for start in range(0, num_images, SHARD_ROWS)]
 
 
-def _shard_name(block: int, num_blocks: int) -> str:
-    return f"shard-{block:05d}-of-{num_blocks:05d}.safetensors"
+def _shard_name(block: int) -> str:
+    return f"shard-{block:05d}.safetensors"
+
+
+SHARD_NAME = re.compile(r"shard-\d{5}\.safetensors")
 
 
 def _stamp(settings: dict[str, Any]) -> str:
@@ -176,26 +197,29 @@ def _stamp(settings: dict[str, Any]) -> str:
     return json.dumps(settings, sort_keys=True)
 
 
-def _is_finished(path: Path, block: range, stamp: str) -> bool:
-    """Whether ``path`` is a whole shard of exactly ``block``'s images, encoded with the settings ``stamp``."""
+def _covered(path: Path, block: range, stamp: str) -> int | None:
+    """How many of ``block``'s first rows the shard at ``path`` covers (kept or skipped, each once, in
+    order), when it opens and was encoded with the settings ``stamp``; None otherwise."""
     try:
         with safe_open(path, framework="pt") as file:
-            return (file.metadata() or {}).get("settings") == stamp and torch.equal(
-                file.get_tensor("index"), torch.arange(block.start, block.stop)
-            )
-    except (OSError, SafetensorError, KeyError):
-        return False
+            header = file.metadata() or {}
+            if header.get("settings") != stamp:
+                return None
+            skipped = [row for row, _ in json.loads(header.get("skipped", "[]"))]
+            rows = torch.cat([file.get_tensor("index"), torch.tensor(skipped, dtype=torch.long)]).sort().values
+    except (OSError, SafetensorError, KeyError, ValueError):
+        return None
+    whole = len(rows) <= len(block) and torch.equal(rows, torch.arange(block.start, block.start + len(rows)))
+    return len(rows) if whole else None
 
 
-def _prune(folder: Path, settings: dict[str, Any]) -> None:
-    """Before a build (main process, under the lock): deletes everything in ``folder`` but the shards of
-    this build's plan (a killed build's marker, temporary files, shards of another block size, a stale
-    top-k file); which of those shards are whole is checked by the process that owns each."""
+def _prune(folder: Path) -> None:
+    """Before a build (main process, under the lock): deletes everything in ``folder`` but shards (a
+    killed build's marker, temporary files, a stale top-k file); which shards are whole is checked by
+    the process that owns each, and `_write_metadata` deletes those beyond the dataset's last block."""
     folder.mkdir(parents=True, exist_ok=True)
-    num_blocks = len(_blocks(settings["num_images"]))
-    planned = {_shard_name(block, num_blocks) for block in range(num_blocks)}
     for path in folder.iterdir():
-        if path.name not in planned:
+        if not SHARD_NAME.fullmatch(path.name):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
@@ -215,39 +239,140 @@ def _encode_shards(
     ``2·C·h·w + 2·D + F`` values (two latents, `y`, `t*`, features), whatever the dataset's size.
     Random crops are seeded by (seed, block): a shard is the same whichever process encodes it.
     """
-    blocks = _blocks(len(images))
     stamp = _stamp(settings)
     todo = [
-        (number, block) for number, block in enumerate(blocks)
+        (number, block) for number, block in enumerate(_blocks(len(images)))
         if number % accelerator.num_processes == accelerator.process_index
-        and not _is_finished(folder / _shard_name(number, len(blocks)), block, stamp)
+        and _covered(folder / _shard_name(number), block, stamp) != len(block)
     ]
     progress = tqdm(total=sum(map(len, (block for _, block in todo))), desc="Caching embeddings", disable=not accelerator.is_local_main_process)
     for number, block in todo:
-        torch.manual_seed(((settings.get("seed") or 0) * 1_000_003 + number) % 2**63)
+        _seed_block(settings, number)
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, block), batch_size=batch_size, num_workers=num_workers)
         rows = []
         for batch in loader:
-            row = images.prepare_batch(batch, encoders)
-            if random_flip:
-                row["latents_flipped"] = encoders.encode_latents(batch["pixel_values"].flip(-1))
-            rows.append({key: value.cpu() for key, value in row.items()})
+            rows.append(_encode(batch, encoders, random_flip))
             progress.update(len(batch["pixel_values"]))
-        shard = {key: torch.cat([row[key] for row in rows]).contiguous() for key in rows[0]}
-        shard["index"] = torch.arange(block.start, block.stop)
-        del rows
-        path = folder / _shard_name(number, len(blocks))
-        write_atomically(path, lambda temporary: save_file(shard, temporary, metadata={"settings": stamp}))
+        _write_shard(folder / _shard_name(number), rows, torch.arange(block.start, block.stop), [], stamp)
     progress.close()
 
 
-def _write_metadata(folder: Path, settings: dict[str, Any]) -> None:
-    """Checks that the shards cover every image once, then marks the cache complete."""
-    shards = sorted(path.name for path in folder.glob("shard-*.safetensors"))
-    covered = torch.cat([_read(folder / shard, "index") for shard in shards]).sort().values if shards else torch.empty(0, dtype=torch.long)
-    if not torch.equal(covered, torch.arange(settings["num_images"])):
-        raise RuntimeError(f"The cache shards in {folder} do not cover the dataset's {settings['num_images']} images once each.")
-    metadata = {"settings": settings, "shards": shards}
+def _encode_stream(
+    accelerator: Accelerator,
+    stream: datasets.IterableDataset,
+    transform: ImageTransform,
+    encoders: FrozenEncoders,
+    folder: Path,
+    random_flip: bool,
+    batch_size: int,
+    settings: dict[str, Any],
+    image_column: str,
+    caption_column: str | None,
+    caption_fraction: float,
+) -> int:
+    """Encodes this process's blocks of the stream (every ``num_processes``-th) in one pass, skipping
+    finished shards; returns the stream's length.
+
+    Each process reads the whole stream but decodes only its own blocks' images, so the blocks (and
+    the random crops, seeded per block) are those of a one-process build. An image that cannot be
+    decoded is skipped and listed in its shard. The stream's length is unknown until its end, so a
+    caption is visible with probability ``caption_fraction`` (a draw seeded per block) rather than
+    to an exact share of the images, as `caption_visibility` does for a map-style dataset.
+    """
+    stamp = _stamp(settings)
+    progress = tqdm(desc="Caching embeddings (stream)", unit=" images", disable=not accelerator.is_local_main_process)
+    number, mine, length = -1, False, 0
+
+    def write_block() -> None:
+        _flush(pending, rows, encoders, random_flip)
+        _write_shard(folder / _shard_name(number), rows, torch.tensor(index, dtype=torch.long), skipped, stamp)
+
+    for length, row in enumerate(stream, start=1):
+        position = length - 1
+        if position // SHARD_ROWS != number:  # a new block: write the last one, see whether this one is ours
+            if mine:
+                write_block()
+            number = position // SHARD_ROWS
+            block = range(number * SHARD_ROWS, (number + 1) * SHARD_ROWS)
+            mine = number % accelerator.num_processes == accelerator.process_index and _covered(folder / _shard_name(number), block, stamp) is None
+            if mine:
+                _seed_block(settings, number)
+                shown = torch.rand(SHARD_ROWS, generator=torch.Generator().manual_seed(_block_seed(settings, number))) < caption_fraction
+                pending, rows, index, skipped = [], [], [], []
+        progress.update(1)
+        if not mine:
+            continue
+        image, reason = try_decode_image(row[image_column])  # undecoded: the stream is cast with Image(decode=False)
+        if image is None:
+            skipped.append((position, f"row {position}{_path_of(row[image_column])}: {reason}"))
+            continue
+        caption = caption_text(row[caption_column]) if caption_column else ""
+        visible = bool(caption) and bool(shown[position % SHARD_ROWS])
+        pending.append({"pixel_values": transform(image), "caption": caption if visible else "", "has_caption": visible})
+        index.append(position)
+        if len(pending) == batch_size:
+            _flush(pending, rows, encoders, random_flip)
+    if mine:
+        write_block()
+    progress.close()
+    return length
+
+
+def _path_of(value: dict[str, Any] | None) -> str:
+    return f" ({value['path']})" if value and value.get("path") else ""
+
+
+def _flush(pending: list[dict[str, Any]], rows: list[dict[str, torch.Tensor]], encoders: FrozenEncoders, random_flip: bool) -> None:
+    """Encodes the images waiting in ``pending`` as one batch onto ``rows``, and empties ``pending``."""
+    if pending:
+        rows.append(_encode(torch.utils.data.default_collate(pending), encoders, random_flip))
+        pending.clear()
+
+
+def _encode(batch: dict[str, Any], encoders: FrozenEncoders, random_flip: bool) -> dict[str, torch.Tensor]:
+    """A batch's cached tensors, on the CPU: `encode_batch`'s, and the mirrored latents when flips are on."""
+    row = encode_batch(batch, encoders)
+    if random_flip:
+        row["latents_flipped"] = encoders.encode_latents(batch["pixel_values"].flip(-1))
+    return {key: value.cpu() for key, value in row.items()}
+
+
+def _block_seed(settings: dict[str, Any], block: int) -> int:
+    return ((settings.get("seed") or 0) * 1_000_003 + block) % 2**63
+
+
+def _seed_block(settings: dict[str, Any], block: int) -> None:
+    """Random crops are drawn from a seed per block: a shard is the same whichever process encodes it, and when."""
+    torch.manual_seed(_block_seed(settings, block))
+
+
+def _write_shard(path: Path, rows: list[dict[str, torch.Tensor]], index: torch.Tensor, skipped: list[tuple[int, str]], stamp: str) -> None:
+    """One block's shard: its rows' tensors (none when every image of the block was skipped), their
+    ``index`` and, in the header, the settings ``stamp`` and the skipped rows with the reason for each."""
+    shard = {key: torch.cat([row[key] for row in rows]).contiguous() for key in rows[0]} if rows else {}
+    shard["index"] = index
+    header = {"settings": stamp, "skipped": json.dumps(skipped)}
+    write_atomically(path, lambda temporary: save_file(shard, temporary, metadata=header))
+
+
+def _write_metadata(folder: Path, settings: dict[str, Any], num_rows: int) -> None:
+    """Checks that the shards cover each of the dataset's ``num_rows`` rows once, deletes shards beyond
+    them, then marks the cache complete: its shards that hold images, and the rows skipped."""
+    stamp, shards, skipped = _stamp(settings), [], []
+    blocks = _blocks(num_rows)
+    for number, block in enumerate(blocks):
+        path = folder / _shard_name(number)
+        if _covered(path, block, stamp) != len(block):
+            raise RuntimeError(f"The cache shard {path} does not hold the images {block.start}-{block.stop - 1} once each.")
+        with safe_open(path, framework="pt") as file:
+            skipped += [reason for _, reason in json.loads(file.metadata()["skipped"])]
+            shards += [path.name] if "y" in file.keys() else []
+    if not shards:
+        raise ValueError(f"None of the dataset's {num_rows} images can be decoded; check `image_column`. The first: {skipped[:1]}.")
+    for path in folder.glob("shard-*.safetensors"):
+        if path.name not in {_shard_name(number) for number in range(len(blocks))}:
+            path.unlink()  # a block past the end: from a build with a smaller SHARD_ROWS
+    metadata = {"settings": settings, "shards": shards, "skipped": skipped}
     write_atomically(folder / METADATA, lambda path: Path(path).write_text(json.dumps(metadata, indent=2)))
 
 
@@ -276,14 +401,15 @@ class CachedEmbeddingDataset(torch.utils.data.Dataset):
         metadata = json.loads((self.folder / METADATA).read_text())
         self.settings = metadata["settings"]
         self.shards = metadata["shards"]
+        self.skipped = metadata.get("skipped", [])  # images of a stream that could not be decoded
         self.random_flip = self.settings["random_flip"]
         self.keys = ["latents", "y", "features", "caption_embeds", "has_caption"] + ["latents_flipped"] * self.random_flip
-        # Where each image's row lies: two arrays, 12 bytes an image (a million images: 12 MB, no Python objects).
-        self._shard_of = np.zeros(self.settings["num_images"], dtype=np.int32)
-        self._row_of = np.zeros(self.settings["num_images"], dtype=np.int64)
-        for shard_id, shard in enumerate(self.shards):
-            index = _read(self.folder / shard, "index").numpy()
-            self._shard_of[index], self._row_of[index] = shard_id, np.arange(len(index))
+        # Row i is the i-th row of the shards in order (the dataset's i-th image, a stream's i-th decodable one).
+        # Where each lies: two arrays, 12 bytes an image (a million images: 12 MB, no Python objects).
+        lengths = np.array([len(_read(self.folder / shard, "index")) for shard in self.shards], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self._shard_of = np.repeat(np.arange(len(self.shards), dtype=np.int32), lengths)
+        self._row_of = np.arange(self.offsets[-1]) - self.offsets[self._shard_of]
         self._maps, self._dtypes, self._columns = {}, {}, None
 
     def __len__(self) -> int:
@@ -329,12 +455,12 @@ class CachedEmbeddingDataset(torch.utils.data.Dataset):
         columns = {}
         for shard_id, shard in enumerate(self.shards):
             with safe_open(self.folder / shard, framework="pt") as file:
-                index = file.get_tensor("index")
+                rows = slice(self.offsets[shard_id], self.offsets[shard_id + 1])
                 for key in self.keys:
                     values = file.get_tensor(key)
                     if key not in columns:
                         columns[key] = values.new_empty((len(self), *values.shape[1:]))
-                    columns[key][index] = values
+                    columns[key][rows] = values
         self._columns = columns
         logger.info(f"Holding the embedding cache in memory ({size / 2**30:.2f} GiB of a {budget_bytes / 2**30:.2f} GiB budget).")
         return True

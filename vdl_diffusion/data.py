@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
+from datasets.fingerprint import Hasher
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image, ImageOps
 
@@ -42,9 +43,13 @@ def load_image_dataset(
     caption_column: str | None = None,
     max_train_samples: int | None = None,
     cache_dir: str | None = None,
-) -> tuple[datasets.Dataset, list[str]]:
+    streaming: bool = False,
+) -> tuple[datasets.Dataset | datasets.IterableDataset, list[str]]:
     """The "train" split of a Hub dataset (or of a folder written by ``save_to_disk``, also given as
     ``dataset_name``) or of a local image folder, and the images dropped from it.
+
+    With ``streaming`` it is a ``datasets.IterableDataset`` read as it downloads (`stream_dataset`),
+    with nothing dropped yet: undecodable images are found, and listed, as the cache is built.
 
     A local folder is read with the ``imagefolder`` builder (a ``metadata.jsonl`` beside the
     images supplies caption columns; `check_metadata` vets it first). Images that cannot be
@@ -60,6 +65,8 @@ def load_image_dataset(
         )
     if max_train_samples is not None and max_train_samples < 1:
         raise ValueError(f"`max_train_samples` must be a positive integer or None, got {max_train_samples}.")
+    if streaming:
+        return stream_dataset(dataset_name, dataset_config_name, train_data_dir, image_column, caption_column, max_train_samples, cache_dir), []
     with PartialState().main_process_first():
         if dataset_name is not None and is_saved_dataset(dataset_name):
             dataset = load_saved_dataset(dataset_name, dataset_config_name)
@@ -73,11 +80,7 @@ def load_image_dataset(
                     f"e.g. {', '.join(unlisted[:3])}; add a line for each to train on them."
                 )
             dataset = datasets.load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir, split="train")
-        for argument, column in (("image_column", image_column), ("caption_column", caption_column)):
-            if column is not None and column not in dataset.column_names:
-                raise ValueError(
-                    f"`{argument}`={column!r} is not a column of the dataset; its columns are {dataset.column_names}."
-                )
+        _check_columns(dataset.column_names, image_column, caption_column)
         if max_train_samples is not None:
             dataset = dataset.select(range(min(max_train_samples, len(dataset))))
         dataset, skipped = drop_undecodable(dataset.cast_column(image_column, datasets.Image(decode=False)), image_column)
@@ -87,6 +90,47 @@ def load_image_dataset(
                 f"e.g. {'; '.join(skipped[:3])}."
             )
         return dataset, skipped
+
+
+def stream_dataset(
+    dataset_name: str | None,
+    dataset_config_name: str | None = None,
+    train_data_dir: str | None = None,
+    image_column: str = "image",
+    caption_column: str | None = None,
+    max_train_samples: int | None = None,
+    cache_dir: str | None = None,
+) -> datasets.IterableDataset:
+    """The "train" split as ``datasets.load_dataset(..., streaming=True)`` reads it (the first
+    ``max_train_samples`` rows), its images undecoded, with a ``_fingerprint`` as a ``datasets.Dataset`` has one.
+
+    An ``IterableDataset`` has no fingerprint; the cache needs one to never read a stale cache. It is
+    the builder's hash (for a Hub dataset, its commit) and configuration id (which covers local files'
+    modification times), as ``load_dataset`` itself uses them to name its cache.
+    """
+    if dataset_name is not None and is_saved_dataset(dataset_name):
+        dataset = load_saved_dataset(dataset_name, dataset_config_name)
+        if max_train_samples is not None:
+            dataset = dataset.select(range(min(max_train_samples, len(dataset))))
+        stream, fingerprint = dataset.to_iterable_dataset(), dataset._fingerprint
+    else:
+        builder = datasets.load_dataset_builder(
+            dataset_name or "imagefolder", dataset_config_name, data_dir=train_data_dir, cache_dir=cache_dir
+        )
+        stream = builder.as_streaming_dataset(split="train")
+        stream = stream if max_train_samples is None else stream.take(max_train_samples)
+        fingerprint = Hasher.hash([builder.hash, builder.config_id, max_train_samples])
+    _check_columns(stream.column_names, image_column, caption_column)
+    stream = stream.cast_column(image_column, datasets.Image(decode=False))
+    stream._fingerprint = fingerprint
+    return stream
+
+
+def _check_columns(column_names: list[str] | None, image_column: str, caption_column: str | None) -> None:
+    """A clear error for a column the dataset lacks (a stream whose features are unknown is not checked)."""
+    for argument, column in (("image_column", image_column), ("caption_column", caption_column)):
+        if column is not None and column_names is not None and column not in column_names:
+            raise ValueError(f"`{argument}`={column!r} is not a column of the dataset; its columns are {column_names}.")
 
 
 def is_saved_dataset(path: str | os.PathLike) -> bool:
@@ -159,16 +203,18 @@ def _listed_files(metadata: str, number: int, line: bytes) -> list[str]:
 
 def decode_image(value: dict[str, Any]) -> Image.Image | None:
     """An RGB image from a ``{"bytes", "path"}`` cell, or None when the file cannot be decoded."""
-    return _decode(value)[0]
+    return try_decode_image(value)[0]
 
 
-def _decode(value: dict[str, Any]) -> tuple[Image.Image | None, str | None]:
+def try_decode_image(value: dict[str, Any] | None) -> tuple[Image.Image | None, str | None]:
     """The RGB image and None, or None and why the cell cannot be decoded.
 
     The size comes from the header (`Image.open` is lazy), so an oversized image is refused before
     any pixel is decoded; ``load()`` then decodes every pixel, so a truncated file fails here
     rather than in a worker.
     """
+    if not value:
+        return None, "the row has no image"
     try:
         image = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
         if image.width * image.height > MAX_IMAGE_PIXELS:
@@ -243,7 +289,7 @@ def drop_undecodable(
 
 def _skip_reason(value: dict[str, Any] | None, index: int) -> dict[str, str | None]:
     """Why the image of row ``index`` cannot be decoded, naming its file (or row), or None when it can."""
-    reason = _decode(value)[1] if value else "the row has no image"
+    reason = try_decode_image(value)[1]
     return {"skipped": None if reason is None else f"{(value or {}).get('path') or f'row {index}'}: {reason}"}
 
 
@@ -374,16 +420,21 @@ class ImageDataset(torch.utils.data.Dataset):
             "has_caption": has_caption,
         }
 
-    @torch.no_grad()
     def prepare_batch(self, batch: dict[str, Any], encoders) -> dict[str, torch.Tensor]:
-        """A batch as training consumes it, the keys of a cached batch: ``latents``, ``y``,
-        ``features`` (`FrozenEncoders.encode_images`), ``caption_embeds`` (`t*` where
-        ``has_caption``, zeros elsewhere; only visible captions are encoded) and ``has_caption``.
-        """
-        encoded = encoders.encode_images(batch["pixel_values"])
-        has_caption = batch["has_caption"].to(encoded["y"].device)
-        caption_embeds = torch.zeros_like(encoded["y"])
-        if has_caption.any():
-            captions = [caption for caption, visible in zip(batch["caption"], has_caption.tolist()) if visible]
-            caption_embeds[has_caption] = encoders.encode_text(captions)
-        return {**encoded, "caption_embeds": caption_embeds, "has_caption": has_caption}
+        """The encoders run on the batch here, in the training step (`encode_batch`)."""
+        return encode_batch(batch, encoders)
+
+
+@torch.no_grad()
+def encode_batch(batch: dict[str, Any], encoders) -> dict[str, torch.Tensor]:
+    """A batch of ``{"pixel_values", "caption", "has_caption"}`` as training consumes it, the keys of a
+    cached batch: ``latents``, ``y``, ``features`` (`FrozenEncoders.encode_images`), ``caption_embeds``
+    (`t*` where ``has_caption``, zeros elsewhere; only visible captions are encoded) and ``has_caption``.
+    """
+    encoded = encoders.encode_images(batch["pixel_values"])
+    has_caption = batch["has_caption"].to(encoded["y"].device)
+    caption_embeds = torch.zeros_like(encoded["y"])
+    if has_caption.any():
+        captions = [caption for caption, visible in zip(batch["caption"], has_caption.tolist()) if visible]
+        caption_embeds[has_caption] = encoders.encode_text(captions)
+    return {**encoded, "caption_embeds": caption_embeds, "has_caption": has_caption}

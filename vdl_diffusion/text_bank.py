@@ -97,12 +97,13 @@ def build_top_k(dataset: CachedEmbeddingDataset, prior: TextBankPrior, path: Pat
 
 
 def _cached_embeddings(dataset: CachedEmbeddingDataset, chunk: int):
-    """``(index, y)`` for consecutive rows of each cache shard, ``chunk`` at a time, read from the memory map."""
-    for shard in dataset.shards:
+    """``(rows, y)`` for consecutive rows of each cache shard, ``chunk`` at a time, read from the memory map."""
+    for shard, first, end in zip(dataset.shards, dataset.offsets[:-1], dataset.offsets[1:]):
         with safe_open(Path(dataset.folder) / shard, framework="pt") as file:
-            index, y = file.get_tensor("index"), file.get_slice("y")
-            for start in range(0, len(index), chunk):
-                yield index[start : start + chunk], y[start : start + chunk]
+            y = file.get_slice("y")
+            for start in range(0, end - first, chunk):
+                stop = min(start + chunk, end - first)
+                yield torch.arange(first + start, first + stop), y[start:stop]
 
 
 class BankCandidates(torch.utils.data.Dataset):
