@@ -3,10 +3,11 @@ PYTHON ?= python3
 # accelerate launch gives a lone process one CPU thread unless told otherwise; the toy run uses every core.
 THREADS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())")
 export HF_HUB_OFFLINE ?= 1
-# Waiting OpenMP threads sleep instead of spinning: with other processes on the cores, spinning threads
-# burn their time slices waiting for a descheduled partner and a step takes many times longer
-# (examples/busy_machine.py; docs/performance.md).
-export OMP_WAIT_POLICY ?= PASSIVE
+# Waiting OpenMP threads (libgomp, torch's on Linux) spin 1000 times, not ~300 000, before they sleep: with
+# other processes on the cores, long spinning burns time slices waiting for a descheduled partner and steps
+# take many times longer; sleeping at once (OMP_WAIT_POLICY=PASSIVE) does as well there but makes an idle
+# machine's steps 1.6 times slower, this 1.2 times (examples/busy_machine.py; docs/performance.md).
+export GOMP_SPINCOUNT ?= 1000
 
 # The torch that `make setup` installs where none is installed; any pip requirement and options, e.g.
 #   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"   (the CPU build, ~200 MB)

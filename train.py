@@ -8,7 +8,7 @@ UNet is exported as a ``VDLPipeline`` that is prompted with real CLIP text embed
 With no arguments it trains on the built-in toy world (shipped CLIP and VAE, no download):
 
     make toy                                                     # the same, set up, resumed if interrupted
-    OMP_WAIT_POLICY=PASSIVE accelerate launch train.py           # one CPU (PASSIVE: see busy_machine_warning) or one GPU
+    GOMP_SPINCOUNT=1000 accelerate launch train.py               # one CPU (the spin count: see busy_machine_warning) or one GPU
     accelerate launch --num_processes 2 train.py ...             # several processes / GPUs (DDP)
     accelerate launch --multi_gpu --num_machines 2 --machine_rank 0 \\
         --main_process_ip 10.0.0.1 --main_process_port 29500 --num_processes 16 train.py ...   # nodes
@@ -677,23 +677,24 @@ def toy_train_dataset(accelerator, args) -> Path:
     return folder
 
 
-def cpu_load() -> tuple[float, int, str | None]:
-    """The 1-minute load average, the number of cores this process may use and OMP_WAIT_POLICY: `busy_machine_warning`'s inputs."""
+def cpu_load() -> tuple[float, int, bool]:
+    """The 1-minute load average, the number of cores this process may use and whether OpenMP's waiting is
+    set (``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``): `busy_machine_warning`'s inputs."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return load, cores, os.environ.get("OMP_WAIT_POLICY")
+    return load, cores, "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ
 
 
-def busy_machine_warning(load: float, cores: int, wait_policy: str | None) -> str | None:
+def busy_machine_warning(load: float, cores: int, wait_is_set: bool) -> str | None:
     """What to say when other processes compete for the run's cores (a load average above their number); None otherwise.
 
-    Threads that spin while they wait (libgomp's default) then burn their time slices waiting for a
+    Threads that spin long while they wait (libgomp's default) then burn their time slices waiting for a
     descheduled partner at every op's barrier: steps take many times longer (examples/busy_machine.py).
     """
     if load <= cores:
         return None
-    advice = "" if (wait_policy or "").upper() == "PASSIVE" else (
-        " Launch with OMP_WAIT_POLICY=PASSIVE (the Makefile sets it): waiting OpenMP threads then sleep instead of spinning, "
+    advice = "" if wait_is_set else (
+        " Launch with GOMP_SPINCOUNT=1000 (the Makefile sets it): waiting OpenMP threads then spin briefly and sleep, "
         "which on a busy machine makes steps several times faster (examples/busy_machine.py)."
     )
     return (

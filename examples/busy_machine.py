@@ -30,8 +30,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # OpenMP settings by name: libgomp's default (spin ~300 000 times, then sleep), sleeping at once, a short spin.
-POLICIES = {"default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "spin10k": {"GOMP_SPINCOUNT": "10000"}}
-NAMES = {"default": "unset (libgomp spins)", "passive": "PASSIVE", "spin10k": "unset, GOMP_SPINCOUNT=10000"}
+POLICIES = {
+    "default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "spin10k": {"GOMP_SPINCOUNT": "10000"}, "spin1k": {"GOMP_SPINCOUNT": "1000"},
+}
+NAMES = {
+    "default": "unset (libgomp spins)", "passive": "PASSIVE",
+    "spin10k": "unset, GOMP_SPINCOUNT=10000", "spin1k": "unset, GOMP_SPINCOUNT=1000",
+}
 SPIN = "while True: pass"
 
 

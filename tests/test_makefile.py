@@ -23,7 +23,7 @@ exit 0
 
 
 def make(*args, env=None):
-    environment = {k: v for k, v in os.environ.items() if k not in ("TORCH", "OMP_WAIT_POLICY", "MAKEFLAGS")}
+    environment = {k: v for k, v in os.environ.items() if k not in ("TORCH", "GOMP_SPINCOUNT", "MAKEFLAGS")}
     return subprocess.run(["make", "-s", "-C", str(ROOT), *args], capture_output=True, text=True, env={**environment, **(env or {})}, check=True)
 
 
@@ -47,14 +47,14 @@ def test_setup_installs_torch_only_where_none_is_unless_one_is_chosen_and_says_w
     assert pips[0] == "-m pip install torch==2.12.0 --index-url https://example.invalid/cpu"
 
 
-def test_toy_resumes_with_explicit_launch_settings_and_sleeping_openmp_threads():
+def test_toy_resumes_with_explicit_launch_settings_and_briefly_spinning_openmp_threads():
     command = make("-n", "toy", "ARGS=--max_train_steps 500").stdout
     assert "accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no" in command
     assert "train.py --resume_from_checkpoint latest --prior text-bank --posterior_family bank_mixture --max_train_steps 500" in command
     assert "--prior" not in make("-n", "toy", "TOY_ARGS=", "ARGS=--max_train_steps 500").stdout  # train.py's own defaults
-    show = ["--eval", "show-policy: ; @echo $$OMP_WAIT_POLICY", "show-policy"]
-    assert make(*show).stdout.strip() == "PASSIVE"
-    assert make(*show, env={"OMP_WAIT_POLICY": "ACTIVE"}).stdout.strip() == "ACTIVE"  # a user's own setting wins
+    show = ["--eval", "show-spin: ; @echo $$GOMP_SPINCOUNT", "show-spin"]
+    assert make(*show).stdout.strip() == "1000"
+    assert make(*show, env={"GOMP_SPINCOUNT": "20"}).stdout.strip() == "20"  # a user's own setting wins
 
 
 def test_the_oldest_constraints_are_pyprojects_lower_bounds():

@@ -406,10 +406,10 @@ def test_a_busy_machine_is_named_with_what_to_do():
     sys.path.insert(0, str(ROOT))
     from train import busy_machine_warning
 
-    assert busy_machine_warning(1.9, 2, None) is None and busy_machine_warning(7.0, 8, "PASSIVE") is None
-    warning = busy_machine_warning(5.3, 2, None)
-    assert "load average is 5.3, above the 2 cores" in warning and "OMP_WAIT_POLICY=PASSIVE" in warning
-    assert "OMP_WAIT_POLICY" not in busy_machine_warning(5.3, 2, "passive")  # already set: only the fact
+    assert busy_machine_warning(1.9, 2, False) is None and busy_machine_warning(7.0, 8, True) is None
+    warning = busy_machine_warning(5.3, 2, False)
+    assert "load average is 5.3, above the 2 cores" in warning and "GOMP_SPINCOUNT=1000" in warning
+    assert "GOMP_SPINCOUNT" not in busy_machine_warning(5.3, 2, True)  # already set: only the fact
 
 
 def test_resuming_with_other_model_flags_fails_before_anything_loads(tmp_path):
