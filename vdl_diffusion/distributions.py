@@ -329,7 +329,9 @@ class VonMisesFisher(_SphericalDistribution):
     """
 
     arg_constraints = {"loc": unit_vector, "concentration": constraints.nonnegative}
-    _MAX_REJECTION_ROUNDS = 100  # Wood's envelope accepts over 65% of proposals (D ≤ 1024, κ ≤ 1e6).
+    # Proposals drawn at once per sample. Wood's envelope accepts over 67 % of them (measured over
+    # D = 3..1024, κ = 0..1e6), so all are rejected with probability below 0.33^32 < 1e-15.
+    _PROPOSALS = 32
 
     def log_prob(self, t: torch.Tensor) -> torch.Tensor:
         kappa = self.concentration.double()
@@ -344,25 +346,22 @@ class VonMisesFisher(_SphericalDistribution):
     def mean(self) -> torch.Tensor:
         return self.loc * mean_resultant_length(self.dim, self.concentration)[..., None]
 
-    @torch.no_grad()
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)[:-1]
-        kappa = self.concentration.double().expand(shape)
-        m = self.dim - 1
-        b = m / (2 * kappa + torch.sqrt(4 * kappa**2 + m**2))
-        x0 = (1 - b) / (1 + b)
-        c = kappa * x0 + m * torch.log1p(-(x0**2))
-        envelope = Beta(kappa.new_tensor(m / 2), kappa.new_tensor(m / 2))
-        w, pending = torch.zeros_like(kappa), torch.ones_like(kappa, dtype=torch.bool)
-        for _ in range(self._MAX_REJECTION_ROUNDS):
-            z = envelope.sample(shape)
+        with torch.no_grad():  # a block, not the decorator, which torch.compile cannot trace through (torch 2.13)
+            kappa = self.concentration.double().expand(shape)
+            m = self.dim - 1
+            b = m / (2 * kappa + torch.sqrt(4 * kappa**2 + m**2))
+            x0 = (1 - b) / (1 + b)
+            c = kappa * x0 + m * torch.log1p(-(x0**2))
+            envelope = Beta(kappa.new_tensor(m / 2), kappa.new_tensor(m / 2))
+            z = envelope.sample((self._PROPOSALS, *shape))
             proposal = (1 - (1 + b) * z) / (1 - (1 - b) * z)
             accept = kappa * proposal + m * torch.log1p(-x0 * proposal) - c >= torch.log(torch.rand_like(z))
-            w = torch.where(pending & accept, proposal, w)
-            pending &= ~accept
-            if not pending.any():
-                return _place_on_sphere(w.to(self._sampling_dtype), self.loc)
-        raise RuntimeError(f"Wood's sampler rejected some proposals {self._MAX_REJECTION_ROUNDS} times in a row.")
+            # The first accepted proposal of each sample: a fixed amount of work and no loop on `accept.any()`,
+            # so sampling never waits on the device (argmax returns the first of equal maxima).
+            w = proposal.gather(0, accept.to(torch.uint8).argmax(0, keepdim=True)).squeeze(0)
+            return _place_on_sphere(w.to(self._sampling_dtype), self.loc)
 
 
 class VonMisesFisherMixture(MixtureSameFamily):
@@ -402,9 +401,9 @@ class VonMisesFisherMixture(MixtureSameFamily):
         kappa = torch.gather(kappa.expand(*index.shape, kappa.shape[-1]), -1, index[..., None])
         return VonMisesFisher(loc.squeeze(-2), kappa.squeeze(-1), validate_args=False).sample()
 
-    @torch.no_grad()
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
-        return self.sample_component(self.mixture_distribution.sample(sample_shape))
+        with torch.no_grad():
+            return self.sample_component(self.mixture_distribution.sample(sample_shape))
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         logits = self.mixture_distribution.logits.expand(*sample_shape, *self.mixture_distribution.logits.shape)
