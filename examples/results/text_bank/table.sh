@@ -14,6 +14,7 @@ python examples/results_table.py --output $R/text_bank/table.md \
   "prior-sample, text-bank=$R/text_bank/seed0/results.json:prior-sample" \
   "prior-sample, text-bank=$R/text_bank/seed1/results.json:prior-sample" \
   "vdl, clip=$R/lr4e-3/toy_benchmark.json:vdl" \
+  "vdl, clip=$R/text_bank/seed1-clip/results.json:vdl" \
   "prior-sample, clip=$R/lr4e-3/toy_benchmark.json:prior-sample" \
   "prior-sample, clip=$R/text_bank/seed1-baselines/results.json:prior-sample" \
   "image=$R/text_bank/seed0-baselines/results.json:image" \
