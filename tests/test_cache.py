@@ -356,23 +356,30 @@ def test_a_build_writes_each_shard_when_its_block_is_encoded(accelerator, datase
     assert events == ["encode", "encode", 4, "encode", "encode", 4, "encode", 2]
 
 
-def test_a_killed_build_resumes_from_its_finished_shards(accelerator, dataset, encoders, tmp_path, small_shards, monkeypatch):
-    straight = build(accelerator, dataset, encoders, tmp_path / "straight", center_crop=False)
+def killed_at_the_second_batch(encoders, monkeypatch, build_once) -> list[int]:
+    """Runs ``build_once()`` with the encoders killed at their second batch (a KeyboardInterrupt), then returns
+    a list that records the size of every batch later builds encode."""
     encode_images, calls = encoders.encode_images, []
 
-    def killed_in_the_second_block(pixel_values):
+    def killed(pixel_values):
         calls.append(len(pixel_values))
         if len(calls) == 2:
             raise KeyboardInterrupt
         return encode_images(pixel_values)
 
-    monkeypatch.setattr(encoders, "encode_images", killed_in_the_second_block)
+    monkeypatch.setattr(encoders, "encode_images", killed)
     with pytest.raises(KeyboardInterrupt):
-        build(accelerator, dataset, encoders, tmp_path / "resumed", center_crop=False)
-    folder = next(path for path in (tmp_path / "resumed").iterdir() if path.is_dir())
-    assert [path.name for path in folder.glob("shard-*")] == ["shard-00000.safetensors"]
+        build_once()
     calls.clear()
     monkeypatch.setattr(encoders, "encode_images", lambda pixel_values: calls.append(len(pixel_values)) or encode_images(pixel_values))
+    return calls
+
+
+def test_a_killed_build_resumes_from_its_finished_shards(accelerator, dataset, encoders, tmp_path, small_shards, monkeypatch):
+    straight = build(accelerator, dataset, encoders, tmp_path / "straight", center_crop=False)
+    calls = killed_at_the_second_batch(encoders, monkeypatch, lambda: build(accelerator, dataset, encoders, tmp_path / "resumed", center_crop=False))
+    folder = next(path for path in (tmp_path / "resumed").iterdir() if path.is_dir())
+    assert [path.name for path in folder.glob("shard-*")] == ["shard-00000.safetensors"]
     resumed = build(accelerator, dataset, encoders, tmp_path / "resumed", center_crop=False)
     assert calls == [4, 2]  # blocks 1 and 2 only
     # Random crops are seeded per block: the resumed cache is the straight one, row for row.
@@ -436,19 +443,9 @@ def test_a_killed_stream_build_resumes_and_several_processes_write_what_one_does
     accelerator, dataset, encoders, tmp_path, small_shards, monkeypatch
 ):
     straight = build(accelerator, stream_of(dataset, broken={1}), encoders, tmp_path / "straight", center_crop=False)
-    encode_images, calls = encoders.encode_images, []
-
-    def killed_in_the_second_block(pixel_values):
-        calls.append(len(pixel_values))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return encode_images(pixel_values)
-
-    monkeypatch.setattr(encoders, "encode_images", killed_in_the_second_block)
-    with pytest.raises(KeyboardInterrupt):
-        build(accelerator, stream_of(dataset, broken={1}), encoders, tmp_path / "resumed", center_crop=False)
-    calls.clear()
-    monkeypatch.setattr(encoders, "encode_images", lambda pixel_values: calls.append(len(pixel_values)) or encode_images(pixel_values))
+    calls = killed_at_the_second_batch(
+        encoders, monkeypatch, lambda: build(accelerator, stream_of(dataset, broken={1}), encoders, tmp_path / "resumed", center_crop=False)
+    )
     resumed = build(accelerator, stream_of(dataset, broken={1}), encoders, tmp_path / "resumed", center_crop=False)
     assert calls == [4, 2]  # blocks 1 and 2 only; block 0 (3 images and the broken one) was kept
     everything = list(range(NUM_IMAGES - 1))

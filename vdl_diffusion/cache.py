@@ -359,21 +359,26 @@ def _write_metadata(folder: Path, settings: dict[str, Any], num_rows: int) -> No
     """Checks that the shards cover each of the dataset's ``num_rows`` rows once, deletes shards beyond
     them, then marks the cache complete: its shards that hold images, and the rows skipped."""
     stamp, shards, skipped = _stamp(settings), [], []
-    blocks = _blocks(num_rows)
-    for number, block in enumerate(blocks):
-        path = folder / _shard_name(number)
-        if _covered(path, block, stamp) != len(block):
-            raise RuntimeError(f"The cache shard {path} does not hold the images {block.start}-{block.stop - 1} once each.")
-        with safe_open(path, framework="pt") as file:
+    planned = [_shard_name(number) for number in range(len(_blocks(num_rows)))]
+    for name, block in zip(planned, _blocks(num_rows)):
+        if _covered(folder / name, block, stamp) != len(block):
+            raise RuntimeError(f"The cache shard {folder / name} does not hold the images {block.start}-{block.stop - 1} once each.")
+        with safe_open(folder / name, framework="pt") as file:
             skipped += [reason for _, reason in json.loads(file.metadata()["skipped"])]
-            shards += [path.name] if "y" in file.keys() else []
+            shards += [name] if "y" in file.keys() else []
     if not shards:
         raise ValueError(f"None of the dataset's {num_rows} images can be decoded; check `image_column`. The first: {skipped[:1]}.")
     for path in folder.glob("shard-*.safetensors"):
-        if path.name not in {_shard_name(number) for number in range(len(blocks))}:
+        if path.name not in planned:
             path.unlink()  # a block past the end: from a build with a smaller SHARD_ROWS
     metadata = {"settings": settings, "shards": shards, "skipped": skipped}
     write_atomically(folder / METADATA, lambda path: Path(path).write_text(json.dumps(metadata, indent=2)))
+
+
+def _num_rows(path: Path) -> int:
+    """A shard's rows, from its header (no tensor is read)."""
+    with safe_open(path, framework="pt") as file:
+        return file.get_slice("index").get_shape()[0]
 
 
 def _read(path: Path, key: str) -> torch.Tensor:
@@ -406,7 +411,7 @@ class CachedEmbeddingDataset(torch.utils.data.Dataset):
         self.keys = ["latents", "y", "features", "caption_embeds", "has_caption"] + ["latents_flipped"] * self.random_flip
         # Row i is the i-th row of the shards in order (the dataset's i-th image, a stream's i-th decodable one).
         # Where each lies: two arrays, 12 bytes an image (a million images: 12 MB, no Python objects).
-        lengths = np.array([len(_read(self.folder / shard, "index")) for shard in self.shards], dtype=np.int64)
+        lengths = np.array([_num_rows(self.folder / shard) for shard in self.shards], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(lengths)])
         self._shard_of = np.repeat(np.arange(len(self.shards), dtype=np.int32), lengths)
         self._row_of = np.arange(self.offsets[-1]) - self.offsets[self._shard_of]
