@@ -66,6 +66,7 @@ logger = get_logger(__name__)
 
 DEFAULT_MAX_TRAIN_STEPS = 6000  # the toy world's default run (README, "Quick start")
 TOY_VALIDATION_PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow ring"]
+FUSED_ADAMW_DEVICES = ("cpu", "cuda", "xpu", "mps")  # where torch >= 2.6 has the fused AdamW kernel
 
 
 def _number(kind, accept, requirement: str):
@@ -430,7 +431,7 @@ def main(args):
         args.learning_rate *= total_batch_size
     optimizer = adamw_class(args.use_8bit_adam)(
         [p for p in elbo.parameters() if p.requires_grad], lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, **adamw_kwargs(args.use_8bit_adam, accelerator.device),
     )
     train_dataloader = torch.utils.data.DataLoader(
         train_dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
@@ -650,6 +651,12 @@ def adamw_class(use_8bit_adam: bool) -> type[torch.optim.Optimizer]:
     import bitsandbytes
 
     return bitsandbytes.optim.AdamW8bit
+
+
+def adamw_kwargs(use_8bit_adam: bool, device: torch.device) -> dict:
+    """torch's fused AdamW where it has the kernel (CPU, CUDA): one kernel over all parameters and no
+    host read of the step counters. 1.05× a tiny UNet's step on the CPU (docs/performance.md)."""
+    return {"fused": True} if not use_8bit_adam and device.type in FUSED_ADAMW_DEVICES else {}
 
 
 def validate(args, accelerator, elbo, ema_unet, encoders, step):

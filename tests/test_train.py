@@ -1,5 +1,6 @@
 """train.py end to end: the real ``accelerate launch train.py`` in a subprocess, on tiny models."""
 
+import copy
 import importlib.util
 import json
 import os
@@ -400,6 +401,31 @@ def test_use_8bit_adam_takes_bitsandbytes_adamw(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", types.SimpleNamespace(optim=types.SimpleNamespace(AdamW8bit=AdamW8bit)))
     assert adamw_class(True) is AdamW8bit and adamw_class(False) is torch.optim.AdamW
+
+
+def test_adamw_is_fused_where_torch_has_the_kernel_and_takes_the_same_steps():
+    sys.path.insert(0, str(ROOT))
+    from train import adamw_kwargs
+
+    assert adamw_kwargs(False, torch.device("cpu")) == {"fused": True} == adamw_kwargs(False, torch.device("cuda"))
+    assert adamw_kwargs(True, torch.device("cuda")) == {}  # bitsandbytes has its own kernels
+    assert adamw_kwargs(False, torch.device("meta")) == {}
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.SiLU(), torch.nn.Linear(16, 1))
+    fused, initial = copy.deepcopy(reference), copy.deepcopy(reference)
+    optimizers = [
+        torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2, **kwargs)
+        for model, kwargs in ((reference, {}), (fused, adamw_kwargs(False, torch.device("cpu"))))
+    ]
+    for _ in range(5):
+        x = torch.randn(4, 8)
+        for model, optimizer in zip((reference, fused), optimizers):
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b, start in zip(reference.parameters(), fused.parameters(), initial.parameters()):
+        assert (b - start).abs().max() > 1e-2  # five steps of lr 1e-2 moved every weight
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
 def test_a_busy_machine_is_named_with_what_to_do():

@@ -57,19 +57,27 @@ def _debye_polynomials(n: int) -> list[list[float]]:
     return [[float(c) for c in u] for u in polynomials]
 
 
-_DEBYE_POLYNOMIALS = _debye_polynomials(_DEBYE_TERMS)
+def _by_power(polynomials: list[list[float]]) -> list[list[float]]:
+    """Row j: every polynomial's coefficient of p^j, highest power first, zero where a polynomial is shorter."""
+    degree = max(len(u) for u in polynomials)
+    return [[u[j] if j < len(u) else 0.0 for u in polynomials] for j in reversed(range(degree))]
+
+
+_DEBYE_COEFFICIENTS = _by_power(_debye_polynomials(_DEBYE_TERMS))
 
 
 def _log_bessel_iv_debye(nu: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log(I_ν(x) / (x/2)^ν) by Debye's expansion in ``z = x/ν``, ``p = 1/sqrt(1+z²)`` (DLMF 10.41.3)."""
     root = torch.sqrt(1 + (x / nu) ** 2)
-    p = 1 / root
-    correction = torch.zeros_like(x)
-    for k, u in enumerate(_DEBYE_POLYNOMIALS):
-        u_k = torch.zeros_like(x)
-        for c in reversed(u):  # Horner
-            u_k = u_k * p + c
-        correction = correction + u_k / nu**k
+    p = (1 / root)[..., None]
+    # Horner on all u_k at once (a shorter polynomial's leading zeros stay exactly zero): one op per
+    # power instead of one per coefficient, which the step's KL pays on every call.
+    coefficients = x.new_tensor(_DEBYE_COEFFICIENTS)
+    u = torch.zeros_like(p).expand(*p.shape[:-1], coefficients.shape[1])
+    for row in coefficients:
+        u = u * p + row
+    k = torch.arange(coefficients.shape[1], dtype=x.dtype, device=x.device)
+    correction = (u / nu[..., None] ** k).sum(-1)
     # ν·η - ν log(x/2) with η = root + log(z / (1 + root)), written without log(x).
     log_prefactor = nu * (root + torch.log(2 / (nu * (1 + root)))) - 0.5 * torch.log(2 * math.pi * nu * root)
     return log_prefactor + torch.log(correction)
