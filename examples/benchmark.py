@@ -853,12 +853,14 @@ def log(message: str) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    threads = torch.get_num_threads()
+    threads, validate = torch.get_num_threads(), torch.distributions.Distribution._validate_args
     torch.set_num_threads(args.threads or threads)
+    torch.distributions.Distribution.set_default_validate_args(False)  # as train.py
     try:
         return run(args)
-    finally:
-        torch.set_num_threads(threads)  # main() may be called from other code (the tests)
+    finally:  # main() may be called from other code (the tests): leave its settings as they were
+        torch.set_num_threads(threads)
+        torch.distributions.Distribution.set_default_validate_args(validate)
 
 
 def run(args) -> dict:
