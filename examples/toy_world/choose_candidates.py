@@ -1,0 +1,143 @@
+"""Could a posterior that chooses among the text bank's candidates reach supervised's position? A two-stage test.
+
+    python examples/toy_world/choose_candidates.py --run RUN --cache RUN_CACHE_FOLDER --into NEW_CACHE_FOLDER --keep_mentions
+
+The ground truth (``candidate_losses.py``) says that a trained text-bank run's UNet, scoring each image's
+candidates by their diffusion loss at the steps that decide the layout (s ≥ 800), picks the right position
+94 % of the time, where the prior's draws are right 82 % of the time; but a posterior trained jointly with
+the UNet either stays on its prior (β = 1) or collapses onto the candidates that name the most and drifts
+(docs/text_bank.md). This script takes the choice out of the joint training, as one EM step:
+
+- E-step (here): for every image of ``RUN``'s embedding cache, the run's UNet scores the prior's ``--k``
+  most probable candidates over ``--draws`` (timestep ≥ ``--min_timestep``, noise) draws shared by all
+  of them, and the candidate weights become ``w ∝ π exp(-n_latent · L / β)``. With ``--keep_mentions``
+  the choice is made among candidates that name as many attributes (a property of the text alone, read
+  by the toy world's caption parser), each group keeping the prior's mass, so the posterior may change
+  what the conditions say but not how much: the mention habit belongs to caption writers, not images.
+- M-step (train.py): ``log w`` replaces the prior's logits in the top-k file of ``NEW_CACHE_FOLDER``, a
+  cache of the same images and prior that train.py built in an ``--embedding_cache_dir`` of the M-step's
+  own (one step of ``train.py --method prior-sample --prior text-bank --embedding_cache_dir DIR`` builds
+  it), so that ``train.py --method prior-sample --prior text-bank --embedding_cache_dir DIR`` then trains a
+  UNet on draws from ``w``. Rows are matched by image; no other run should read that folder.
+
+A research experiment beside the method, not part of it: the E-step departs from the ELBO (a band of
+timesteps, a frozen judge).
+"""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import UNet2DConditionModel
+from posterior_report import load_run
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from vdl_diffusion.cache import CachedEmbeddingDataset
+from vdl_diffusion.models import build_noise_scheduler
+from vdl_diffusion.objective import diffusion_loss
+from vdl_diffusion.toy import ToyWorld
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="a train.py output folder trained with --prior text-bank")
+    parser.add_argument("--cache", type=Path, required=True, help="the run's cache folder (holds shard-*.safetensors and bank-top*.npy)")
+    parser.add_argument("--into", type=Path, required=True, help="the M-step's cache folder, whose top-k file takes the chosen weights")
+    parser.add_argument("--k", type=int, default=8, help="candidates scored per image (the prior's most probable)")
+    parser.add_argument("--draws", type=int, default=4, help="(timestep, noise) draws per image, shared by its candidates")
+    parser.add_argument("--min_timestep", type=int, default=800, help="draws from the timesteps >= this")
+    parser.add_argument("--beta", type=float, default=0.05, help="β of w ∝ π exp(-n_latent L / β); inf: w = π over the k (the control)")
+    parser.add_argument("--keep_mentions", action="store_true", help="choose among candidates naming as many attributes")
+    parser.add_argument("--seed", type=int, default=0, help="world seed")
+    parser.add_argument("--batch_images", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    return parser.parse_args()
+
+
+def choose(log_pi: torch.Tensor, losses: torch.Tensor, n_latent: int, beta: float, groups: torch.Tensor | None) -> torch.Tensor:
+    """``log w`` (n, k): ``w ∝ π exp(-n_latent L / β)``, within each group of equal ``groups`` keeping the group's prior mass."""
+    score = log_pi - n_latent * losses / beta
+    if groups is None:
+        return torch.log_softmax(score, -1)
+    log_w = torch.full_like(score, -torch.inf)
+    for g in groups.unique():
+        member = groups == g
+        group_mass = torch.logsumexp(log_pi.masked_fill(~member, -torch.inf), -1, keepdim=True)
+        within = torch.log_softmax(score.masked_fill(~member, -torch.inf), -1)
+        log_w = torch.where(member, group_mass + within, log_w)
+    return log_w
+
+
+@torch.no_grad()
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(args.seed)
+    _, prior, texts = load_run(args.run, args.seed)
+    if texts is None:
+        raise SystemExit(f"{args.run} was not trained with a text-bank prior whose texts this script can read.")
+    training_args = json.loads((args.run / "training_args.json").read_text())
+    unet = UNet2DConditionModel.from_pretrained(args.run / "unet").eval()
+    scheduler = build_noise_scheduler(training_args["prediction_type"])
+    snr_gamma = training_args["snr_gamma"] or None
+    mentions = torch.tensor([len(ToyWorld.read_caption(text)) for text in texts])
+
+    (top_k_file,) = args.cache.glob("bank-top*.npy")
+    if args.into.resolve() == args.cache.resolve() or not (args.into / top_k_file.name).is_file():
+        raise SystemExit(f"--into must be another cache folder of the same images and prior, holding {top_k_file.name}.")
+    rows = np.load(top_k_file, mmap_mode="r")
+    dataset = CachedEmbeddingDataset(args.cache)
+    log_w_rows = np.full(rows.shape, -1e4, dtype=np.float32)  # entries beyond k: no mass
+    k, T = args.k, scheduler.config.num_train_timesteps
+    chosen = {"mentions, prior": 0.0, "mentions, chosen": 0.0, "kl": 0.0}
+    for start in tqdm(range(0, len(dataset), args.batch_images), desc="Scoring candidates"):
+        index = list(range(start, min(start + args.batch_images, len(dataset))))
+        z0 = torch.stack([row["latents"] for row in dataset.__getitems__(index)]).float()
+        entries = torch.from_numpy(rows["index"][index, :k].astype(np.int64))
+        log_pi = torch.log_softmax(torch.from_numpy(rows["logit"][index, :k].copy()), -1)
+        n = len(index)
+        losses = torch.zeros(n, k)
+        for _ in range(0 if math.isinf(args.beta) else args.draws):
+            s = torch.randint(args.min_timestep, T, (n,), generator=generator)
+            noise = torch.randn(z0.shape, generator=generator)
+            losses += diffusion_loss(
+                unet, scheduler, z0.repeat_interleave(k, 0), prior.bank[entries].flatten(0, 1), snr_gamma,
+                timesteps=s.repeat_interleave(k), noise=noise.repeat_interleave(k, 0),
+            ).view(n, k) / args.draws
+        groups = mentions[entries] if args.keep_mentions else None
+        log_w = choose(log_pi, losses, z0[0].numel(), args.beta, groups)
+        w = log_w.exp()
+        chosen["mentions, prior"] += (log_pi.exp() * mentions[entries]).sum().item()
+        chosen["mentions, chosen"] += (w * mentions[entries]).sum().item()
+        chosen["kl"] += (w * (log_w - log_pi).nan_to_num(0.0, posinf=0.0, neginf=0.0)).sum().item()
+        log_w_rows[index, :k] = log_w.clamp(min=-1e4).numpy()
+    write_into(args.into / top_k_file.name, log_w_rows, rows["index"], image_order(args.cache), image_order(args.into))
+    summary = {key: value / len(dataset) for key, value in chosen.items()} | {key: str(value) for key, value in vars(args).items()}
+    (args.into / "choice.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+def image_order(folder: Path) -> np.ndarray:
+    """The image index of each row of a cache folder."""
+    shards = json.loads((folder / "metadata.json").read_text())["shards"]
+    return np.concatenate([safe_open(folder / shard, "np").get_tensor("index") for shard in shards])
+
+
+def write_into(path: Path, logits: np.ndarray, entries: np.ndarray, source_images: np.ndarray, target_images: np.ndarray) -> None:
+    """Writes ``logits`` (rows of the source cache) into the top-k file at ``path``, row by image."""
+    row_of = np.empty(len(source_images), dtype=np.int64)
+    row_of[source_images] = np.arange(len(source_images))
+    rows = np.load(path, mmap_mode="r+")
+    order = row_of[target_images]
+    if not (entries[order] == rows["index"]).all():
+        raise SystemExit(f"{path} lists other candidates than the run's cache: not the same images and prior.")
+    rows["logit"][:] = logits[order]
+    rows.flush()
+
+
+if __name__ == "__main__":
+    main()
