@@ -115,10 +115,36 @@ def main():
         chosen["mentions, chosen"] += (w * mentions[entries]).sum().item()
         chosen["kl"] += (w * (log_w - log_pi).nan_to_num(0.0, posinf=0.0, neginf=0.0)).sum().item()
         log_w_rows[index, :k] = log_w.clamp(min=-1e4).numpy()
-    write_into(args.into / top_k_file.name, log_w_rows, rows["index"], image_order(args.cache), image_order(args.into))
-    summary = {key: value / len(dataset) for key, value in chosen.items()} | {key: str(value) for key, value in vars(args).items()}
+    images = image_order(args.cache)
+    write_into(args.into / top_k_file.name, log_w_rows, rows["index"], images, image_order(args.into))
+    summary = {key: value / len(dataset) for key, value in chosen.items()}
+    # The ground truth of what each set of weights would train on: the cache's images are train.py's toy
+    # training split, whose labels the world redraws.
+    labels = ToyWorld(args.seed).sample_labels(len(dataset), "train")
+    top_k_logits = np.where(np.arange(rows.shape[1]) < k, rows["logit"], -1e4)
+    for name, logits in (("prior", rows["logit"]), (f"prior's top {k}", top_k_logits), ("chosen", log_w_rows)):
+        summary[f"truth: {name}"] = truth(logits, rows["index"], images, labels, texts)
+    summary |= {key: str(value) for key, value in vars(args).items()}
     (args.into / "choice.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
+
+
+def truth(logits: np.ndarray, entries: np.ndarray, images: np.ndarray, labels: dict, texts: list[str]) -> dict[str, float]:
+    """Over one draw of each image's candidates from ``softmax(logits)``: how often a named position is right,
+    how often the candidate is entirely true of the image, and how many attributes it names."""
+    read = [ToyWorld.read_caption(text) for text in texts]
+    w = torch.softmax(torch.tensor(logits, dtype=torch.float32), -1).numpy()
+    named_position = right_position = entirely = named = 0.0
+    for row, image in enumerate(images):
+        for j in np.flatnonzero(w[row] > 1e-6):
+            values = read[entries[row, j]]
+            right = {a: v == labels[a][image] for a, v in values.items()}
+            named += w[row, j] * len(values)
+            entirely += w[row, j] * all(right.values())
+            if "position" in right:
+                named_position += w[row, j]
+                right_position += w[row, j] * right["position"]
+    return {"position": float(right_position / named_position), "entirely true": float(entirely / len(images)), "attributes named": float(named / len(images))}
 
 
 def image_order(folder: Path) -> np.ndarray:
