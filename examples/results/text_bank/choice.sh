@@ -7,6 +7,8 @@
 # where NEW_CACHE_FOLDER was built by one step of train.py with --embedding_cache_dir DIR/cache; then
 # M-step: python examples/benchmark_methods.py --seed S --methods prior-sample --caption_fractions \
 #     --output_dir DIR --extra_train_args="--prior text-bank"
+# And vdl itself on the prior's top 8: python examples/benchmark_methods.py --seed S --methods vdl --caption_fractions \
+#     --output_dir DIR --extra_train_args="--prior text-bank --posterior_family bank_mixture --bank_top_k 8"
 # Writes choice.md and choice.json beside this script.
 cd "$(dirname "$0")/../../.."
 R=examples/results
@@ -15,6 +17,8 @@ python examples/results_table.py --output $R/text_bank/choice.md \
   "supervised (real captions)=$R/text_bank/seed1-baselines/results.json:supervised" \
   "vdl, text-bank (stage 1)=$R/text_bank/seed0/results.json:vdl" \
   "vdl, text-bank (stage 1)=$R/text_bank/seed1/results.json:vdl" \
+  "vdl, text-bank, the prior's top 8 (--bank_top_k 8)=$R/text_bank/seed0-top8/results.json:vdl" \
+  "vdl, text-bank, the prior's top 8 (--bank_top_k 8)=$R/text_bank/seed1-top8/results.json:vdl" \
   "prior-sample, text-bank=$R/text_bank/seed0/results.json:prior-sample" \
   "prior-sample, text-bank=$R/text_bank/seed1/results.json:prior-sample" \
   "prior-sample on the chosen weights (top 8, mention groups kept)=$R/text_bank/seed0-choice/results.json:prior-sample" \
