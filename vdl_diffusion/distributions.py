@@ -63,7 +63,17 @@ def _by_power(polynomials: list[list[float]]) -> list[list[float]]:
     return [[u[j] if j < len(u) else 0.0 for u in polynomials] for j in reversed(range(degree))]
 
 
-_DEBYE_COEFFICIENTS = _by_power(_debye_polynomials(_DEBYE_TERMS))
+_DEBYE_COEFFICIENTS = torch.tensor(_by_power(_debye_polynomials(_DEBYE_TERMS)), dtype=torch.float64)
+
+
+_DEBYE_ON_DEVICE: dict[torch.device, torch.Tensor] = {}
+
+
+def _debye_coefficients(device: torch.device) -> torch.Tensor:
+    """The table on ``device``, copied there once: a copy per call would wait on a GPU in every step's KL."""
+    if device not in _DEBYE_ON_DEVICE:
+        _DEBYE_ON_DEVICE[device] = _DEBYE_COEFFICIENTS.to(device)
+    return _DEBYE_ON_DEVICE[device]
 
 
 def _log_bessel_iv_debye(nu: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +82,7 @@ def _log_bessel_iv_debye(nu: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     p = (1 / root)[..., None]
     # Horner on all u_k at once (a shorter polynomial's leading zeros stay exactly zero): one op per
     # power instead of one per coefficient, which the step's KL pays on every call.
-    coefficients = x.new_tensor(_DEBYE_COEFFICIENTS)
+    coefficients = _debye_coefficients(x.device)
     u = torch.zeros_like(p).expand(*p.shape[:-1], coefficients.shape[1])
     for row in coefficients:
         u = u * p + row
