@@ -297,3 +297,43 @@ def test_posterior_samples_give_the_exact_gradient_of_the_expected_loss_on_avera
     exact = torch.stack([exact[0].norm(), exact[1].squeeze()])
     assert (exact.abs() > 8 * se).all()  # the check below can tell a right gradient from a wrong one
     assert ((mean - exact).abs() < 4 * se).all()
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Records every call that reads a tensor's value back to Python (on a GPU, a wait on the device)."""
+
+    NAMES = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in self.NAMES:
+            self.calls.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_training_step_reads_nothing_back_from_the_device_with_fused_adamw(fused, monkeypatch):
+    """The make toy step (text-bank prior, bank-mixture posterior): forward, backward, gradient clipping and
+    AdamW as train.py builds it (`adamw_kwargs`: fused) read no tensor back; torch's for-loop AdamW reads its
+    step counters, one per parameter."""
+    monkeypatch.setattr(torch.distributions.Distribution, "_validate_args", False)  # as train.py sets it
+    elbo, prior = _text_bank_elbo("vdl", "bank_mixture")
+    b = batch()
+    b["bank_logits"], b["bank_index"] = prior.top_k(b["y"])
+    parameters = [p for p in elbo.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-3, fused=fused)
+
+    def step():
+        loss, _ = elbo(b)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # the optimizer's state is created on the first step
+    with _HostReads() as reads:
+        step()
+    assert reads.calls == [] if fused else reads.calls.count("item") >= len(parameters)
