@@ -37,6 +37,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from vdl_diffusion.cache import CachedEmbeddingDataset
+from vdl_diffusion.files import write_atomically
 from vdl_diffusion.models import build_noise_scheduler
 from vdl_diffusion.objective import diffusion_loss
 from vdl_diffusion.toy import ToyWorld
@@ -84,7 +85,8 @@ def main():
     unet = UNet2DConditionModel.from_pretrained(args.run / "unet").eval()
     scheduler = build_noise_scheduler(training_args["prediction_type"])
     snr_gamma = training_args["snr_gamma"] or None
-    mentions = torch.tensor([len(ToyWorld.read_caption(text)) for text in texts])
+    read = [ToyWorld.read_caption(text) for text in texts]  # what each bank text says, by attribute
+    mentions = torch.tensor([len(values) for values in read])
 
     (top_k_file,) = args.cache.glob("bank-top*.npy")
     if args.into.resolve() == args.cache.resolve() or not (args.into / top_k_file.name).is_file():
@@ -123,16 +125,16 @@ def main():
     labels = ToyWorld(args.seed).sample_labels(len(dataset), "train")
     top_k_logits = np.where(np.arange(rows.shape[1]) < k, rows["logit"], -1e4)
     for name, logits in (("prior", rows["logit"]), (f"prior's top {k}", top_k_logits), ("chosen", log_w_rows)):
-        summary[f"truth: {name}"] = truth(logits, rows["index"], images, labels, texts)
+        summary[f"truth: {name}"] = truth(logits, rows["index"], images, labels, read)
     summary |= {key: str(value) for key, value in vars(args).items()}
     (args.into / "choice.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 
 
-def truth(logits: np.ndarray, entries: np.ndarray, images: np.ndarray, labels: dict, texts: list[str]) -> dict[str, float]:
+def truth(logits: np.ndarray, entries: np.ndarray, images: np.ndarray, labels: dict, read: list[dict]) -> dict[str, float]:
     """Over one draw of each image's candidates from ``softmax(logits)``: how often a named position is right,
-    how often the candidate is entirely true of the image, and how many attributes it names."""
-    read = [ToyWorld.read_caption(text) for text in texts]
+    how often the candidate is entirely true of the image, and how many attributes it names (``read``: each
+    bank text's attributes, `ToyWorld.read_caption`)."""
     w = torch.softmax(torch.tensor(logits, dtype=torch.float32), -1).numpy()
     named_position = right_position = entirely = named = 0.0
     for row, image in enumerate(images):
@@ -154,15 +156,21 @@ def image_order(folder: Path) -> np.ndarray:
 
 
 def write_into(path: Path, logits: np.ndarray, entries: np.ndarray, source_images: np.ndarray, target_images: np.ndarray) -> None:
-    """Writes ``logits`` (rows of the source cache) into the top-k file at ``path``, row by image."""
+    """Writes ``logits`` (rows of the source cache) into the top-k file at ``path``, row by image, replacing
+    the file whole (`write_atomically`): a killed run leaves the old one."""
     row_of = np.empty(len(source_images), dtype=np.int64)
     row_of[source_images] = np.arange(len(source_images))
-    rows = np.load(path, mmap_mode="r+")
+    rows = np.load(path)
     order = row_of[target_images]
     if not (entries[order] == rows["index"]).all():
         raise SystemExit(f"{path} lists other candidates than the run's cache: not the same images and prior.")
-    rows["logit"][:] = logits[order]
-    rows.flush()
+    rows["logit"] = logits[order]
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as file:
+            np.save(file, rows)
+
+    write_atomically(path, write)
 
 
 if __name__ == "__main__":
