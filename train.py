@@ -30,6 +30,7 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, DistributedType, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, DistributedDataParallelKwargs, ProjectConfiguration, gather_object, set_seed
 from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -51,6 +52,7 @@ from vdl_diffusion.cache import build_or_load_cache
 from vdl_diffusion.checkpoints import find_checkpoint, is_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from vdl_diffusion.conditioning import METHODS
 from vdl_diffusion.data import INTERPOLATION_MODES, is_saved_dataset, load_image_dataset, write_skipped
+from vdl_diffusion.e_step import e_step, kl_from_prior, write_choice
 from vdl_diffusion.encoders import FrozenEncoders
 from vdl_diffusion.files import atomic_folder, locked, publish_entries
 from vdl_diffusion.hub import create_hub_repo, push_checkpoint_to_hub, push_pipeline_to_hub, save_model_card
@@ -169,6 +171,16 @@ def parse_args(argv=None):
         "Gumbel-softmax; S > 1: through the exact score-function gradient with a leave-one-out baseline, the S draws "
         "sharing noise and timestep (the UNet then sees S x --train_batch_size rows per step).",
     )
+    g.add_argument(
+        "--e_step_at", type=positive_int,
+        help="With --prior text-bank: once, at the first epoch boundary from this step, the UNet (frozen) weighs each image's "
+        "candidates by their diffusion loss at the timesteps that decide the layout, and the run draws its conditions from "
+        "those weights from then on (an E-step, vdl_diffusion/e_step.py; docs/text_bank.md). Costs about --e_step_draws × "
+        "--bank_top_k forward passes per image.",
+    )
+    g.add_argument("--e_step_beta", type=positive_float, default=0.05, help="β of the E-step's weights w ∝ π exp(-n_latent · L / β).")
+    g.add_argument("--e_step_draws", type=positive_int, default=4, help="(timestep, noise) draws per image in the E-step, shared by its candidates.")
+    g.add_argument("--e_step_min_timestep", type=non_negative_int, default=800, help="The E-step's draws are at timesteps from this one.")
     g.add_argument("--beta", type=non_negative_float, default=1.0, help="Weight of the KL term.")
     g.add_argument("--beta_warmup_steps", type=non_negative_int, default=0, help="Linear warm-up of beta from 0 over this many steps.")
     g.add_argument("--caption_weight", type=non_negative_float, default=1.0, help="λ on -log q(t* | x, y) for captioned images.")
@@ -240,6 +252,8 @@ def parse_args(argv=None):
 
 def check_args(parser, args):
     """Fail before any model loads on flags that cannot work together."""
+    if args.max_train_steps is None and args.num_train_epochs is None:
+        args.max_train_steps = DEFAULT_MAX_TRAIN_STEPS  # otherwise main() counts it from the epochs, once the data is known
     if args.dataset_name and args.train_data_dir:
         parser.error("Give --dataset_name or --train_data_dir, not both.")
     if args.streaming and args.no_cache:
@@ -274,8 +288,6 @@ def check_args(parser, args):
         parser.error("--non_ema_revision applies to a pretrained UNet trained with an EMA: add --use_ema and --pretrained_unet or --pretrained_pipeline.")
     if args.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
         parser.error("--use_8bit_adam needs bitsandbytes: pip install vdl-diffusion[bitsandbytes] (or pip install bitsandbytes).")
-    if args.max_train_steps is None and args.num_train_epochs is None:
-        args.max_train_steps = DEFAULT_MAX_TRAIN_STEPS  # otherwise main() counts it from the epochs, once the data is known
     if args.validation_prompts is None:
         args.validation_prompts = list(TOY_VALIDATION_PROMPTS) if toy_world else []
     if args.train_data_dir and not Path(args.train_data_dir).exists():
@@ -291,6 +303,13 @@ def check_args(parser, args):
         parser.error("--posterior_samples > 1 trains the bank-mixture posterior: use it with --method vdl --posterior_family bank_mixture.")
     if args.method == "vdl" and args.posterior_family == "gaussian" and args.prior == "text-bank":
         parser.error("--posterior_family gaussian lives in R^D, the text-bank prior on the sphere: use power_spherical or bank_mixture.")
+    if args.e_step_at and (args.prior != "text-bank" or args.method not in ("vdl", "prior-sample") or args.no_cache):
+        parser.error("--e_step_at reweighs the text-bank prior's candidates of each cached image: use it with --prior text-bank, "
+                     "--method vdl or prior-sample, and without --no_cache.")  # fmt: skip
+    if args.e_step_at and args.max_train_steps and args.e_step_at >= args.max_train_steps:
+        parser.error(f"--e_step_at {args.e_step_at} is not before the run's end (--max_train_steps {args.max_train_steps}): choose an earlier step.")
+    if args.e_step_min_timestep >= (timesteps := build_noise_scheduler(args.prediction_type).config.num_train_timesteps):
+        parser.error(f"--e_step_min_timestep must be below the scheduler's {timesteps} timesteps, got {args.e_step_min_timestep}.")
     if args.resume_from_checkpoint not in (None, "latest") and not is_checkpoint(Path(args.resume_from_checkpoint)):
         parser.error(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a complete checkpoint (no training_state.json): "
                      "pass a checkpoint-N folder or 'latest'.")  # fmt: skip
@@ -454,6 +473,13 @@ def main(args):
     elbo, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(elbo, optimizer, train_dataloader, lr_scheduler)
     updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)  # now per process
     num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
+    # The E-step waits for an epoch boundary: data loader workers hold the candidates they started the epoch with.
+    e_step_at = args.e_step_at and math.ceil(args.e_step_at / updates_per_epoch) * updates_per_epoch
+    if e_step_at and e_step_at >= args.max_train_steps:
+        raise ValueError(
+            f"--e_step_at {args.e_step_at} falls at step {e_step_at}, the first epoch boundary from it ({updates_per_epoch} steps an "
+            f"epoch), which is not before the run's end at {args.max_train_steps}: choose an earlier step."
+        )
     if ema_unet is not None:
         ema_unet.to(accelerator.device)
     if accelerator.is_main_process:
@@ -461,10 +487,12 @@ def main(args):
         accelerator.init_trackers(args.tracker_project_name, config={**config, "num_images": len(train_dataset), "num_captions": num_captions})
     set_seed(args.seed, device_specific=True)  # from here on, each process draws its own noise
 
-    global_step, first_epoch, skip_batches = 0, 0, 0
+    global_step, first_epoch, skip_batches, e_step_file = 0, 0, 0, None
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, ema_unet)
-        global_step = state["global_step"]
+        global_step, e_step_file = state["global_step"], state.get("e_step_file")
+        if e_step_file:  # the run made its E-step before this checkpoint: its conditions come from that choice
+            train_dataset.read_candidates_from(output_dir / e_step_file)
         if state.get("max_train_steps", args.max_train_steps) != args.max_train_steps and args.lr_scheduler != "constant":
             logger.warning(
                 f"{checkpoint} was trained towards {state['max_train_steps']} steps, this run towards {args.max_train_steps}: "
@@ -485,6 +513,8 @@ def main(args):
     for epoch in range(first_epoch, num_epochs):
         if global_step >= args.max_train_steps:  # resumed from the final checkpoint: only the export is left
             break
+        if global_step == e_step_at and e_step_file is None:
+            e_step_file = choose_candidates(args, accelerator, elbo, ema_unet, train_dataset, global_step)
         elbo.train()
         train_dataloader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(train_dataloader, skip_batches) if epoch == first_epoch else train_dataloader
@@ -520,7 +550,7 @@ def main(args):
                 progress.set_postfix({k: f"{logs[k]:.4g}" for k in ("loss", "kl", "cos_t_y", "images_per_s") if k in logs})
                 accelerator.log(logs, step=global_step)
             if global_step % args.checkpointing_steps == 0 or done:
-                state = {"global_step": global_step, "max_train_steps": args.max_train_steps}
+                state = {"global_step": global_step, "max_train_steps": args.max_train_steps, "e_step_file": e_step_file}
                 saved = save_checkpoint(accelerator, output_dir, state, ema_unet, args.checkpoints_total_limit)
                 if args.push_to_hub and args.push_checkpoints and accelerator.is_main_process:
                     push_checkpoint_to_hub(saved, repo_id, token=args.hub_token)  # retried, then skipped with a warning
@@ -546,6 +576,51 @@ def main(args):
         logger.info(run_summary(args, global_step))
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+@torch.no_grad()
+def choose_candidates(args, accelerator, elbo, ema_unet, train_dataset, step) -> str:
+    """The E-step (`vdl_diffusion.e_step`): the UNet as it is now (its EMA, if any) weighs every image's candidates,
+    split over the processes; the choice is written to ``e_step/choice-step{step}.npy`` in --output_dir and
+    read by every process from then on. Returns that path, relative to --output_dir (it goes into checkpoints)."""
+    model = accelerator.unwrap_model(elbo)
+    groups = e_step_groups(args, model.prior)
+    logger.info(
+        f"E-step at step {step}: the UNet scores each of {len(train_dataset)} images' top-{args.bank_top_k} candidates over "
+        f"{args.e_step_draws} draws at timesteps ≥ {args.e_step_min_timestep}, β = {args.e_step_beta:g}"
+        + (", within groups naming as many attributes." if groups is not None else ".")
+    )
+    generator = torch.Generator(accelerator.device).manual_seed(args.seed + accelerator.process_index)
+    model.eval()
+    with accelerator.split_between_processes(list(range(len(train_dataset)))) as rows, ema_weights(ema_unet, model.unet), accelerator.autocast():
+        log_w = e_step(
+            model.unet, model.scheduler, train_dataset, model.prior.bank, rows, draws=args.e_step_draws,
+            min_timestep=args.e_step_min_timestep, beta=args.e_step_beta, groups=groups, snr_gamma=args.snr_gamma or None,
+            generator=generator,
+        )
+    parts = gather_object([(rows, log_w)])
+    name = f"e_step/choice-step{step:06d}.npy"
+    if accelerator.is_main_process:
+        choice = np.empty_like(log_w, shape=(len(train_dataset), log_w.shape[1]))
+        for part_rows, part in parts:
+            choice[part_rows] = part
+        (Path(args.output_dir) / "e_step").mkdir(exist_ok=True)
+        write_choice(Path(args.output_dir) / name, train_dataset, choice)
+        logger.info(f"E-step done: KL(w || π) = {kl_from_prior(train_dataset, choice):.3f} nats per image; conditions come from {name} from now on.")
+    accelerator.wait_for_everyone()
+    train_dataset.read_candidates_from(Path(args.output_dir) / name)
+    return name
+
+
+def e_step_groups(args, prior) -> torch.Tensor | None:
+    """The E-step's groups, one per bank text: on the toy world's own corpus, how many attributes a text names
+    (its caption reader says); on other texts none (the choice is made among all candidates)."""
+    if args.prior_texts:
+        return None
+    texts = list(Counter(ToyWorld(args.seed).text_corpus()))  # the bank's rows, in order (`TextBankPrior.from_texts`)
+    if len(texts) != len(prior.bank):
+        raise ValueError(f"The toy corpus holds {len(texts)} distinct texts, the prior's bank {len(prior.bank)}: not the toy world's bank.")
+    return torch.tensor([len(ToyWorld.read_caption(text)) for text in texts])
 
 
 def export_pipeline(model, ema_unet, encoders, args, step, **card):

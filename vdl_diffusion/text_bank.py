@@ -126,14 +126,26 @@ class BankCandidates(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
         """A batch's rows (torch's DataLoader passes the batch's indices): one gather from the top-k file, one per
         tensor from the cache (`CachedEmbeddingDataset.__getitems__`)."""
-        if self._rows is None:
-            self._rows = np.load(self.path, mmap_mode="r")
-        rows = self._rows[np.asarray(indices, dtype=np.int64)]
+        rows = self.candidate_rows()[np.asarray(indices, dtype=np.int64)]
         bank_index, bank_logits = torch.from_numpy(rows["index"].astype(np.int64)), torch.from_numpy(rows["logit"].copy())
         return [
             {**row, "bank_index": entries, "bank_logits": logits}
             for row, entries, logits in zip(self.dataset.__getitems__(indices), bank_index, bank_logits)
         ]
+
+    def candidate_rows(self) -> np.ndarray:
+        """The whole top-k file, memory-mapped: a `ROW` array (N, k)."""
+        if self._rows is None:
+            self._rows = np.load(self.path, mmap_mode="r")
+        return self._rows
+
+    def read_candidates_from(self, path: str | os.PathLike) -> None:
+        """Rows read their candidates from ``path`` from now on (the E-step's choice, `vdl_diffusion.e_step`).
+        Data loader workers hold the file they started with: switch between epochs."""
+        rows = np.load(path, mmap_mode="r")
+        if rows.dtype != ROW or rows.shape != self.candidate_rows().shape or not np.array_equal(rows["index"], self.candidate_rows()["index"]):
+            raise ValueError(f"{path} does not list this dataset's candidates ({self.path}): not a choice made for this cache and prior.")
+        self.path, self._rows = Path(path), rows
 
     def prepare_batch(self, batch: dict[str, torch.Tensor], encoders) -> dict[str, torch.Tensor]:
         return self.dataset.prepare_batch(batch, encoders)

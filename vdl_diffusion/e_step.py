@@ -1,0 +1,132 @@
+"""The E-step: the UNet, frozen, weighs each image's text-bank candidates by how well they explain it.
+
+The ELBO's diffusion term, over the timesteps it weighs, does not tell the right candidate from a wrong
+one: on the toy world the high-noise steps prefer the right position and the others the wrong one, and
+the two cancel (docs/text_bank.md). A posterior trained with the UNet either stays on its prior or settles
+with the UNet on a labelling of their own. At the timesteps that decide the layout (s ≥ 800), a UNet
+trained on the prior's draws does tell them apart. So, once in a run (train.py ``--e_step_at``), the UNet
+as it then is scores every cached image's ``k`` candidates by their diffusion loss ``L_j`` over a few
+(timestep, noise) draws shared by all ``k``, and from then on the run draws its conditions from
+
+    w_j ∝ π_j exp(-n_latent · L_j / β)
+
+in place of the prior's ``π``: the optimal posterior over the candidates for that UNet, with the band's
+loss for the diffusion term. With ``groups`` (e.g. how many attributes a text names) the choice is made
+within each group of candidates, each keeping its prior mass: the loss rewards a condition that names
+more, and how much captions name is the writers' habit, not a fact about the image.
+"""
+
+import math
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from tqdm.auto import tqdm
+
+from .files import write_atomically
+from .objective import diffusion_loss
+from .text_bank import ROW, BankCandidates
+
+
+@torch.no_grad()
+def candidate_losses(
+    unet: UNet2DConditionModel,
+    scheduler: DDPMScheduler,
+    z0: torch.Tensor,
+    t: torch.Tensor,
+    draws: int,
+    min_timestep: int,
+    snr_gamma: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``L`` (n, k): the mean diffusion loss of each image ``z0`` (n, C, H, W) under each of its candidates ``t``
+    (n, k, D), over ``draws`` (timestep ≥ ``min_timestep``, noise) draws that the ``k`` share, so that their
+    losses differ only by ``t``."""
+    n, k = t.shape[:2]
+    losses = torch.zeros(n, k, device=z0.device)
+    for _ in range(draws):
+        s = torch.randint(min_timestep, scheduler.config.num_train_timesteps, (n,), generator=generator, device=z0.device)
+        noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+        losses += diffusion_loss(
+            unet, scheduler, z0.repeat_interleave(k, 0), t.flatten(0, 1), snr_gamma,
+            timesteps=s.repeat_interleave(k), noise=noise.repeat_interleave(k, 0),
+        ).view(n, k) / draws
+    return losses
+
+
+def choose(log_pi: torch.Tensor, losses: torch.Tensor, n_latent: int, beta: float, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """``log w`` (n, k): ``w ∝ π exp(-n_latent L / β)``; within each set of equal ``groups`` (n, k), keeping
+    the set's prior mass. ``β = inf`` gives ``w = π``."""
+    score = log_pi if math.isinf(beta) else log_pi - n_latent * losses / beta
+    if groups is None:
+        return torch.log_softmax(score, -1)
+    log_w = torch.full_like(score, -torch.inf)
+    for g in groups.unique():
+        member = groups == g
+        group_mass = torch.logsumexp(log_pi.masked_fill(~member, -torch.inf), -1, keepdim=True)
+        within = torch.log_softmax(score.masked_fill(~member, -torch.inf), -1)
+        log_w = torch.where(member, group_mass + within, log_w)
+    return log_w
+
+
+@torch.no_grad()
+def e_step(
+    unet: UNet2DConditionModel,
+    scheduler: DDPMScheduler,
+    dataset: BankCandidates,
+    bank: torch.Tensor,
+    rows: list[int],
+    k: int | None = None,
+    draws: int = 4,
+    min_timestep: int = 800,
+    beta: float = 0.05,
+    groups: torch.Tensor | None = None,
+    snr_gamma: float | None = None,
+    batch_images: int = 64,
+    generator: torch.Generator | None = None,
+) -> np.ndarray:
+    """The chosen ``log w`` of the dataset's ``rows`` over their first ``k`` candidates (default: all), as
+    float32 (len(rows), k_file); entries beyond ``k`` get no mass (-1e4). ``groups`` (N,): a group per bank
+    text (`choose`). On the UNet's device; ``draws = 0`` or ``β = inf`` skips the UNet (``w`` = π over ``k``).
+    """
+    device = unet.device
+    file_rows = dataset.candidate_rows()
+    k = min(k or file_rows.shape[1], file_rows.shape[1])
+    log_w_rows = np.full((len(rows), file_rows.shape[1]), -1e4, dtype=np.float32)
+    bank = bank.to(device)
+    show = PartialState().is_local_main_process
+    for start in tqdm(range(0, len(rows), batch_images), desc="E-step: scoring candidates", disable=not show):
+        index = rows[start : start + batch_images]
+        z0 = torch.stack([row["latents"] for row in dataset.dataset.__getitems__(index)]).to(device, unet.dtype)
+        entries = torch.from_numpy(file_rows["index"][index, :k].astype(np.int64)).to(device)
+        log_pi = torch.log_softmax(torch.from_numpy(file_rows["logit"][index, :k].copy()).to(device), -1)
+        losses = torch.zeros_like(log_pi)
+        if draws and not math.isinf(beta):
+            losses = candidate_losses(unet, scheduler, z0, bank[entries].to(unet.dtype), draws, min_timestep, snr_gamma, generator).float()
+        log_w = choose(log_pi, losses, z0[0].numel(), beta, None if groups is None else groups.to(device)[entries])
+        log_w_rows[start : start + len(index), :k] = log_w.clamp(min=-1e4).cpu().numpy()
+    return log_w_rows
+
+
+def write_choice(path, dataset: BankCandidates, log_w: np.ndarray) -> None:
+    """A top-k file at ``path`` (`text_bank.ROW`) with the dataset's candidates and the chosen ``log w``
+    (one row per image of the dataset), written whole or not at all; `BankCandidates.read_candidates_from` reads it."""
+    candidates = dataset.candidate_rows()
+    if log_w.shape != candidates.shape:
+        raise ValueError(f"The choice has shape {log_w.shape}, the dataset's candidates {candidates.shape}: one row per image, one column per candidate.")
+
+    def write(temporary: str) -> None:
+        rows = np.empty(candidates.shape, dtype=ROW)
+        rows["index"], rows["logit"] = candidates["index"], log_w
+        with open(temporary, "wb") as file:
+            np.save(file, rows)
+
+    write_atomically(path, write)
+
+
+def kl_from_prior(dataset: BankCandidates, log_w: np.ndarray) -> float:
+    """The mean ``KL(w || π)`` over images, in nats: how far the choice moved from the prior."""
+    log_pi = torch.log_softmax(torch.from_numpy(dataset.candidate_rows()["logit"].copy()), -1)
+    log_w = torch.from_numpy(log_w)
+    return (log_w.exp() * (log_w - log_pi)).sum(-1).mean().item()
