@@ -2,7 +2,6 @@
 shipped models that load offline with ``from_pretrained``."""
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,22 +255,3 @@ def test_shipped_oracle_classifies_fresh_images(world):
     for name in ATTRIBUTE_NAMES:
         assert (predicted[name].numpy() == fresh.labels[name]).mean() >= 63 / 64, name
     assert oracle.features(pixels).shape == (64, oracle.config.feature_dim)
-
-
-def test_choosing_among_candidates_keeps_each_mention_groups_prior_mass(monkeypatch):
-    """``examples/toy_world/choose_candidates.py``: the E-step's weights follow the loss within a group of
-    candidates naming as many attributes, and leave the group's prior mass (the mention habit) unchanged."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples" / "toy_world"))
-    from choose_candidates import choose
-
-    log_pi = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.5, 0.0]]), -1)
-    losses = torch.tensor([[0.3, 0.1, 0.2, 0.0]])
-    groups = torch.tensor([[2, 2, 3, 3]])  # attributes each candidate names
-    w = choose(log_pi, losses, n_latent=10, beta=1.0, groups=groups).exp()
-    pi = log_pi.exp()
-    torch.testing.assert_close(w[:, :2].sum(), pi[:, :2].sum())  # each group keeps its prior mass
-    torch.testing.assert_close(w[:, 2:].sum(), pi[:, 2:].sum())
-    assert w[0, 1] > pi[0, 1] and w[0, 3] > pi[0, 3]  # within a group, the lower loss gains
-    free = choose(log_pi, losses, n_latent=10, beta=1.0, groups=None).exp()
-    assert free[0, 2:].sum() > pi[0, 2:].sum()  # without groups, mass moves to the group with the lower losses
-    torch.testing.assert_close(choose(log_pi, losses, 10, float("inf"), None), log_pi)  # β = ∞: the prior

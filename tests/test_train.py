@@ -282,6 +282,10 @@ def test_training_continues_from_a_saved_pipeline(world, tmp_path):
         (["--non_ema_revision", "main"], "--non_ema_revision applies to a pretrained UNet trained with an EMA"),
         (["--non_ema_revision", "main", "--use_ema"], "add --use_ema and --pretrained_unet or --pretrained_pipeline"),
         (["--image_interpolation_mode", "cubic"], "argument --image_interpolation_mode: invalid choice: 'cubic'"),
+        (["--e_step_at", "3"], "--e_step_at reweighs the text-bank prior's candidates"),
+        (["--prior", "text-bank", "--e_step_at", "3", "--no_cache"], "and without --no_cache"),
+        (["--prior", "text-bank", "--e_step_at", "8", "--max_train_steps", "8"], "--e_step_at 8 is not before the run's end"),
+        (["--prior", "text-bank", "--e_step_at", "2", "--e_step_min_timestep", "1000"], "below the scheduler's 1000 timesteps"),
     ]
     + ([(["--use_8bit_adam"], "--use_8bit_adam needs bitsandbytes")] if importlib.util.find_spec("bitsandbytes") is None else [])
     + ([(["--mixed_precision", "fp16"], "fp16 needs a GPU")] if not torch.accelerator.is_available() else []),

@@ -20,13 +20,13 @@ the UNet either stays on its prior (β = 1) or collapses onto the candidates tha
   it), so that ``train.py --method prior-sample --prior text-bank --embedding_cache_dir DIR`` then trains a
   UNet on draws from ``w``. Rows are matched by image; no other run should read that folder.
 
-A research experiment beside the method, not part of it: the E-step departs from the ELBO (a band of
-timesteps, a frozen judge).
+The E-step is the library's (`vdl_diffusion.e_step`), which train.py also makes inside one run
+(``--e_step_at``: the same UNet then goes on training on ``w``); here it sits between two runs, and the
+M-step trains a fresh UNet. Either departs from the ELBO (a band of timesteps, a frozen judge).
 """
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +34,12 @@ import torch
 from diffusers import UNet2DConditionModel
 from posterior_report import load_run
 from safetensors import safe_open
-from tqdm.auto import tqdm
 
 from vdl_diffusion.cache import CachedEmbeddingDataset
+from vdl_diffusion.e_step import e_step
 from vdl_diffusion.files import write_atomically
 from vdl_diffusion.models import build_noise_scheduler
-from vdl_diffusion.objective import diffusion_loss
+from vdl_diffusion.text_bank import BankCandidates
 from vdl_diffusion.toy import ToyWorld
 
 
@@ -57,20 +57,6 @@ def parse_args():
     parser.add_argument("--batch_images", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     return parser.parse_args()
-
-
-def choose(log_pi: torch.Tensor, losses: torch.Tensor, n_latent: int, beta: float, groups: torch.Tensor | None) -> torch.Tensor:
-    """``log w`` (n, k): ``w ∝ π exp(-n_latent L / β)``, within each group of equal ``groups`` keeping the group's prior mass."""
-    score = log_pi - n_latent * losses / beta
-    if groups is None:
-        return torch.log_softmax(score, -1)
-    log_w = torch.full_like(score, -torch.inf)
-    for g in groups.unique():
-        member = groups == g
-        group_mass = torch.logsumexp(log_pi.masked_fill(~member, -torch.inf), -1, keepdim=True)
-        within = torch.log_softmax(score.masked_fill(~member, -torch.inf), -1)
-        log_w = torch.where(member, group_mass + within, log_w)
-    return log_w
 
 
 @torch.no_grad()
@@ -91,35 +77,23 @@ def main():
     (top_k_file,) = args.cache.glob("bank-top*.npy")
     if args.into.resolve() == args.cache.resolve() or not (args.into / top_k_file.name).is_file():
         raise SystemExit(f"--into must be another cache folder of the same images and prior, holding {top_k_file.name}.")
-    rows = np.load(top_k_file, mmap_mode="r")
-    dataset = CachedEmbeddingDataset(args.cache)
-    log_w_rows = np.full(rows.shape, -1e4, dtype=np.float32)  # entries beyond k: no mass
-    k, T = args.k, scheduler.config.num_train_timesteps
-    chosen = {"mentions, prior": 0.0, "mentions, chosen": 0.0, "kl": 0.0}
-    for start in tqdm(range(0, len(dataset), args.batch_images), desc="Scoring candidates"):
-        index = list(range(start, min(start + args.batch_images, len(dataset))))
-        z0 = torch.stack([row["latents"] for row in dataset.__getitems__(index)]).float()
-        entries = torch.from_numpy(rows["index"][index, :k].astype(np.int64))
-        log_pi = torch.log_softmax(torch.from_numpy(rows["logit"][index, :k].copy()), -1)
-        n = len(index)
-        losses = torch.zeros(n, k)
-        for _ in range(0 if math.isinf(args.beta) else args.draws):
-            s = torch.randint(args.min_timestep, T, (n,), generator=generator)
-            noise = torch.randn(z0.shape, generator=generator)
-            losses += diffusion_loss(
-                unet, scheduler, z0.repeat_interleave(k, 0), prior.bank[entries].flatten(0, 1), snr_gamma,
-                timesteps=s.repeat_interleave(k), noise=noise.repeat_interleave(k, 0),
-            ).view(n, k) / args.draws
-        groups = mentions[entries] if args.keep_mentions else None
-        log_w = choose(log_pi, losses, z0[0].numel(), args.beta, groups)
-        w = log_w.exp()
-        chosen["mentions, prior"] += (log_pi.exp() * mentions[entries]).sum().item()
-        chosen["mentions, chosen"] += (w * mentions[entries]).sum().item()
-        chosen["kl"] += (w * (log_w - log_pi).nan_to_num(0.0, posinf=0.0, neginf=0.0)).sum().item()
-        log_w_rows[index, :k] = log_w.clamp(min=-1e4).numpy()
+    dataset = BankCandidates(CachedEmbeddingDataset(args.cache), top_k_file)
+    rows = dataset.candidate_rows()
+    k = min(args.k, rows.shape[1])
+    log_w_rows = e_step(
+        unet, scheduler, dataset, prior.bank, list(range(len(dataset))), k=k, draws=args.draws, min_timestep=args.min_timestep,
+        beta=args.beta, groups=mentions if args.keep_mentions else None, snr_gamma=snr_gamma, batch_images=args.batch_images,
+        generator=generator,
+    )
+    w, pi = np.exp(log_w_rows[:, :k]), torch.softmax(torch.from_numpy(rows["logit"][:, :k].copy()), -1).numpy()
+    named = mentions.numpy()[rows["index"][:, :k]]
+    chosen = {
+        "mentions, prior": float((pi * named).sum(-1).mean()), "mentions, chosen": float((w * named).sum(-1).mean()),
+        "kl": float((w * (log_w_rows[:, :k] - np.log(pi))).sum(-1).mean()),
+    }
     images = image_order(args.cache)
     write_into(args.into / top_k_file.name, log_w_rows, rows["index"], images, image_order(args.into))
-    summary = {key: value / len(dataset) for key, value in chosen.items()}
+    summary = dict(chosen)
     # The ground truth of what each set of weights would train on: the cache's images are train.py's toy
     # training split, whose labels the world redraws.
     labels = ToyWorld(args.seed).sample_labels(len(dataset), "train")

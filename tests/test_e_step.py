@@ -1,0 +1,160 @@
+"""The E-step (`vdl_diffusion.e_step`): its weights, its scoring on a real cache, and train.py's --e_step_at."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from test_text_bank import cache  # noqa: F401 (a fixture)
+from test_train import generates, launch, weights, world  # noqa: F401 (world is a fixture)
+from torch import nn
+
+from vdl_diffusion.e_step import choose, e_step, kl_from_prior, write_choice
+from vdl_diffusion.models import build_noise_scheduler
+from vdl_diffusion.priors import TextBankPrior
+from vdl_diffusion.testing_utils import CORPUS
+from vdl_diffusion.text_bank import with_bank_candidates
+
+
+def test_choosing_keeps_each_groups_prior_mass_and_follows_the_loss_within_it():
+    log_pi = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.5, 0.0]]), -1)
+    losses = torch.tensor([[0.3, 0.1, 0.2, 0.0]])
+    groups = torch.tensor([[2, 2, 3, 3]])  # e.g. the attributes each candidate names
+    w = choose(log_pi, losses, n_latent=10, beta=1.0, groups=groups).exp()
+    pi = log_pi.exp()
+    torch.testing.assert_close(w[:, :2].sum(), pi[:, :2].sum())  # each group keeps its prior mass
+    torch.testing.assert_close(w[:, 2:].sum(), pi[:, 2:].sum())
+    assert w[0, 1] > pi[0, 1] and w[0, 3] > pi[0, 3]  # within a group, the lower loss gains
+    free = choose(log_pi, losses, n_latent=10, beta=1.0, groups=None).exp()
+    assert free[0, 2:].sum() > pi[0, 2:].sum()  # without groups, mass moves to the group with the lower losses
+    torch.testing.assert_close(free, torch.softmax(log_pi - 10 * losses, -1))
+    torch.testing.assert_close(choose(log_pi, losses, 10, float("inf"), None), log_pi)  # β = ∞: the prior
+
+
+class PrefersOneText(nn.Module):
+    """A stand-in UNet whose noise prediction is ``scale · (1 - tᵀv)`` everywhere: zero, the best guess of
+    zero-mean noise, only for the condition ``v``. ``scale = 0``: a prediction that ignores the condition."""
+
+    def __init__(self, v: torch.Tensor, scale: float):
+        super().__init__()
+        self.register_buffer("v", v)
+        self.scale = scale
+
+    @property
+    def device(self):
+        return self.v.device
+
+    @property
+    def dtype(self):
+        return self.v.dtype
+
+    def forward(self, z, s, encoder_hidden_states=None, added_cond_kwargs=None):
+        t = added_cond_kwargs["image_embeds"]
+        return type("Output", (), {"sample": self.scale * (1 - t @ self.v)[:, None, None, None].expand_as(z)})()
+
+
+@pytest.fixture(scope="module")
+def candidates(cache):  # noqa: F811 (cache is a fixture)
+    """The cache's images with every bank text as a candidate (k = the bank), and the prior."""
+    dataset, encoders = cache
+    prior = TextBankPrior.from_texts(CORPUS, encoders.encode_text, top_k=len(set(CORPUS)))
+    return with_bank_candidates(dataset, prior), prior
+
+
+def test_e_step_moves_the_weight_to_the_text_the_loss_prefers(candidates):
+    dataset, prior = candidates
+    rows, favourite = list(range(len(dataset))), 5
+    # Every other text's prediction at least 2: its loss exceeds the favourite's by ≥ 4 - 4·|mean noise|, far above 0.
+    nearest = (prior.bank @ prior.bank[favourite]).topk(2).values[1]
+    scale = 2 / (1 - nearest).item()
+    scheduler = build_noise_scheduler()
+    chosen = e_step(PrefersOneText(prior.bank[favourite], scale), scheduler, dataset, prior.bank, rows, draws=2, beta=0.05)
+    w, entries = np.exp(chosen), dataset.candidate_rows()["index"]
+    assert (w[entries == favourite] > 0.99).all()  # every image: the text the loss prefers
+    np.testing.assert_allclose(w.sum(-1), 1, atol=1e-5)
+    # A loss that ignores the condition: the draws are shared by an image's candidates, so their losses are
+    # equal and w is the prior. (n_latent / β = 5120 magnifies the reductions' rounding, ~1e-8, to ~1e-4 in
+    # log w; independent draws would differ by ~0.1 in the loss, hundreds in log w.)
+    same = e_step(PrefersOneText(prior.bank[favourite], 0.0), scheduler, dataset, prior.bank, rows, draws=2, beta=0.05)
+    pi = torch.log_softmax(torch.from_numpy(dataset.candidate_rows()["logit"].copy()), -1).numpy()
+    np.testing.assert_allclose(same, pi, atol=1e-2)
+    assert kl_from_prior(dataset, same) < 1e-2 and kl_from_prior(dataset, chosen) > 1
+    # Within groups, the favourite's group keeps its prior mass: alone in its group, it keeps π.
+    groups = (torch.arange(len(prior.bank)) == favourite).long()
+    grouped = np.exp(e_step(PrefersOneText(prior.bank[favourite], scale), scheduler, dataset, prior.bank, rows[:3], draws=2, groups=groups))
+    np.testing.assert_allclose(grouped[entries[:3] == favourite], np.exp(pi[:3])[entries[:3] == favourite], rtol=1e-4)
+    # The first k candidates only: the rest get no mass.
+    top2 = np.exp(e_step(PrefersOneText(prior.bank[favourite], scale), scheduler, dataset, prior.bank, rows[:3], k=2, draws=1))
+    assert (top2[:, 2:] == 0).all() and np.allclose(top2.sum(-1), 1, atol=1e-5)
+
+
+def test_a_choice_is_read_back_and_one_for_other_candidates_is_refused(candidates, tmp_path):
+    dataset, prior = candidates
+    pi = torch.log_softmax(torch.from_numpy(dataset.candidate_rows()["logit"].copy()), -1).numpy()
+    chosen = np.roll(pi, 1, axis=1)  # some other weights over the same candidates
+    write_choice(tmp_path / "choice.npy", dataset, chosen)
+    original = dataset.path
+    try:
+        dataset.read_candidates_from(tmp_path / "choice.npy")
+        row = dataset[3]
+        assert torch.equal(row["bank_logits"], torch.from_numpy(chosen[3]))
+        assert torch.equal(row["bank_index"], torch.from_numpy(dataset.candidate_rows()["index"][3].astype(np.int64)))
+        with pytest.raises(ValueError, match="one row per image"):
+            write_choice(tmp_path / "short.npy", dataset, chosen[:-1])
+        other = np.load(tmp_path / "choice.npy")
+        other["index"] = other["index"][:, ::-1]
+        np.save(tmp_path / "other.npy", other)
+        with pytest.raises(ValueError, match="does not list this dataset's candidates"):
+            dataset.read_candidates_from(tmp_path / "other.npy")
+        assert dataset.path == tmp_path / "choice.npy"  # a refused file changes nothing
+    finally:
+        dataset.read_candidates_from(original)
+
+
+# --- train.py --e_step_at ------------------------------------------------------------------------
+
+
+def e_step_args(tmp_path, *args):
+    (tmp_path / "texts.txt").write_text("\n".join(CORPUS))
+    return ["--prior", "text-bank", "--prior_texts", str(tmp_path / "texts.txt"), "--bank_top_k", "8",
+            "--posterior_family", "bank_mixture", *args]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_train_py_makes_the_e_step_at_an_epoch_boundary_and_a_resumed_run_reads_it(world, tmp_path):  # noqa: F811
+    """40 images in batches of 8: 5 steps an epoch, so --e_step_at 3 chooses at step 5. Killed after step 6 and
+    resumed, the run reads the choice its checkpoint names and ends as the straight run."""
+    common = e_step_args(tmp_path, "--max_train_steps", "8", "--e_step_at", "3", "--checkpointing_steps", "6")
+    result = launch(world, tmp_path / "straight", *common)
+    assert "E-step at step 5" in result.stderr and re.search(r"KL\(w \|\| π\) = [0-9.]+ nats per image", result.stderr)
+    choice = np.load(tmp_path / "straight" / "e_step" / "choice-step000005.npy")
+    assert choice.shape == (40, 8) and np.allclose(np.exp(choice["logit"]).sum(-1), 1, atol=1e-5)
+    state = json.loads((tmp_path / "straight" / "checkpoint-6" / "training_state.json").read_text())
+    assert state["e_step_file"] == "e_step/choice-step000005.npy"
+    assert generates(tmp_path / "straight")
+
+    for entry in ("checkpoint-6", "e_step"):
+        shutil.copytree(tmp_path / "straight" / entry, tmp_path / "resumed" / entry)
+    result = launch(world, tmp_path / "resumed", *common, "--resume_from_checkpoint", "latest")
+    assert "at step 6" in result.stderr and "E-step at" not in result.stderr
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.equal(resumed[key], straight[key]) for key in straight)  # same ops, same threads: bitwise
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_e_step(world, tmp_path):  # noqa: F811
+    """Each process scores its share of the images; the choice covers every image and both end in sync."""
+    result = launch(world, tmp_path / "out", *e_step_args(tmp_path, "--max_train_steps", "6", "--e_step_at", "1", "--train_batch_size", "4"),
+                    num_processes=2)  # fmt: skip
+    checksums = [float(v) for v in re.findall(r"Weight checksum per process: \[([^\]]+)\]", result.stderr)[-1].split(",")]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    (choice,) = (tmp_path / "out" / "e_step").glob("choice-step*.npy")
+    assert np.allclose(np.exp(np.load(choice)["logit"]).sum(-1), 1, atol=1e-5)
+
+
+def test_an_e_step_past_the_last_epoch_boundary_fails_before_training(world, tmp_path):  # noqa: F811
+    result = launch(world, tmp_path / "out", *e_step_args(tmp_path, "--e_step_at", "6", "--max_train_steps", "8"), check=False)
+    assert result.returncode != 0 and "--e_step_at 6 falls at step 10" in result.stderr and "choose an earlier step" in result.stderr
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
