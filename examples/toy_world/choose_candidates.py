@@ -1,6 +1,7 @@
 """Could a posterior that chooses among the text bank's candidates reach supervised's position? A two-stage test.
 
     python examples/toy_world/choose_candidates.py --run RUN --cache RUN_CACHE_FOLDER --into NEW_CACHE_FOLDER --keep_mentions
+    python examples/toy_world/choose_candidates.py --run RUN --cache RUN_CACHE_FOLDER --truth_of RUN/e_step/choice-step003125.npy
 
 The ground truth (``candidate_losses.py``) says that a trained text-bank run's UNet, scoring each image's
 candidates by their diffusion loss at the steps that decide the layout (s ≥ 800), picks the right position
@@ -47,7 +48,11 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a train.py output folder trained with --prior text-bank")
     parser.add_argument("--cache", type=Path, required=True, help="the run's cache folder (holds shard-*.safetensors and bank-top*.npy)")
-    parser.add_argument("--into", type=Path, required=True, help="the M-step's cache folder, whose top-k file takes the chosen weights")
+    parser.add_argument("--into", type=Path, help="the M-step's cache folder, whose top-k file takes the chosen weights")
+    parser.add_argument(
+        "--truth_of", type=Path,
+        help="instead of an E-step: the ground truth of a choice already made, e.g. RUN/e_step/choice-step*.npy of a train.py --e_step_at run",
+    )
     parser.add_argument("--k", type=int, default=8, help="candidates scored per image (the prior's most probable)")
     parser.add_argument("--draws", type=int, default=4, help="(timestep, noise) draws per image, shared by its candidates")
     parser.add_argument("--min_timestep", type=int, default=800, help="draws from the timesteps >= this")
@@ -56,7 +61,10 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=0, help="world seed")
     parser.add_argument("--batch_images", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if (args.into is None) == (args.truth_of is None):
+        parser.error("give --into (make an E-step) or --truth_of (report on a choice already made)")
+    return args
 
 
 @torch.no_grad()
@@ -75,6 +83,15 @@ def main():
     mentions = torch.tensor([len(values) for values in read])
 
     (top_k_file,) = args.cache.glob("bank-top*.npy")
+    images = image_order(args.cache)  # train.py's toy training split, whose labels the world redraws
+    labels = ToyWorld(args.seed).sample_labels(len(images), "train")
+    if args.truth_of:
+        rows, choice = np.load(top_k_file, mmap_mode="r"), np.load(args.truth_of)
+        if not np.array_equal(choice["index"], rows["index"]):
+            raise SystemExit(f"{args.truth_of} lists other candidates than {top_k_file}: not a choice for this cache.")
+        report = {name: truth(logits, rows["index"], images, labels, read) for name, logits in (("prior", rows["logit"]), ("chosen", choice["logit"]))}
+        print(json.dumps(report, indent=1))
+        return
     if args.into.resolve() == args.cache.resolve() or not (args.into / top_k_file.name).is_file():
         raise SystemExit(f"--into must be another cache folder of the same images and prior, holding {top_k_file.name}.")
     dataset = BankCandidates(CachedEmbeddingDataset(args.cache), top_k_file)
@@ -91,12 +108,9 @@ def main():
         "mentions, prior": float((pi * named).sum(-1).mean()), "mentions, chosen": float((w * named).sum(-1).mean()),
         "kl": float((w * (log_w_rows[:, :k] - np.log(pi))).sum(-1).mean()),
     }
-    images = image_order(args.cache)
     write_into(args.into / top_k_file.name, log_w_rows, rows["index"], images, image_order(args.into))
     summary = dict(chosen)
-    # The ground truth of what each set of weights would train on: the cache's images are train.py's toy
-    # training split, whose labels the world redraws.
-    labels = ToyWorld(args.seed).sample_labels(len(dataset), "train")
+    # The ground truth of what each set of weights would train on.
     top_k_logits = np.where(np.arange(rows.shape[1]) < k, rows["logit"], -1e4)
     for name, logits in (("prior", rows["logit"]), (f"prior's top {k}", top_k_logits), ("chosen", log_w_rows)):
         summary[f"truth: {name}"] = truth(logits, rows["index"], images, labels, read)
