@@ -515,6 +515,8 @@ def main(args):
             break
         if global_step == e_step_at and e_step_file is None:
             e_step_file = choose_candidates(args, accelerator, elbo, ema_unet, train_dataset, global_step)
+            # A checkpoint that knows the choice: a run killed from here on does not score the candidates again.
+            save_checkpoint(accelerator, output_dir, training_state(args, global_step, e_step_file), ema_unet, args.checkpoints_total_limit)
         elbo.train()
         train_dataloader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(train_dataloader, skip_batches) if epoch == first_epoch else train_dataloader
@@ -550,8 +552,7 @@ def main(args):
                 progress.set_postfix({k: f"{logs[k]:.4g}" for k in ("loss", "kl", "cos_t_y", "images_per_s") if k in logs})
                 accelerator.log(logs, step=global_step)
             if global_step % args.checkpointing_steps == 0 or done:
-                state = {"global_step": global_step, "max_train_steps": args.max_train_steps, "e_step_file": e_step_file}
-                saved = save_checkpoint(accelerator, output_dir, state, ema_unet, args.checkpoints_total_limit)
+                saved = save_checkpoint(accelerator, output_dir, training_state(args, global_step, e_step_file), ema_unet, args.checkpoints_total_limit)
                 if args.push_to_hub and args.push_checkpoints and accelerator.is_main_process:
                     push_checkpoint_to_hub(saved, repo_id, token=args.hub_token)  # retried, then skipped with a warning
             if args.validation_prompts and (global_step % args.validation_steps == 0 or done) and accelerator.is_main_process:
@@ -576,6 +577,11 @@ def main(args):
         logger.info(run_summary(args, global_step))
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def training_state(args, global_step: int, e_step_file: str | None) -> dict:
+    """What a checkpoint records beside the weights: where the run is, towards what, and the E-step's choice if made."""
+    return {"global_step": global_step, "max_train_steps": args.max_train_steps, "e_step_file": e_step_file}
 
 
 @torch.no_grad()

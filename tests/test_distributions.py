@@ -378,6 +378,20 @@ def test_mixture_kl_upper_bound_bounds_the_kl_and_is_tight_for_separate_componen
         mixture_kl_upper_bound(_mixture(3, 5.0), _mixture(3, 5.0))
 
 
+def test_mixture_kl_upper_bound_stays_finite_where_a_prior_weight_underflows():
+    """After an E-step some prior weights are below float32's smallest (log π_j < -104): KL(w || π) is still
+    Σ w_j (log w_j - log π_j) over finite logs, where torch's categorical KL returns inf. Its gradient too."""
+    components = VonMisesFisher(torch.eye(3), torch.full((3,), 50.0))
+    p = VonMisesFisherMixture(torch.tensor([0.0, -2.0, -120.0]), components)
+    logits = torch.tensor([0.0, -1.0, -100.0], requires_grad=True)  # w_2 = e^-100: tiny, not 0
+    bound = mixture_kl_upper_bound(p.reweighted(logits), p)
+    w, log_pi = torch.softmax(logits.detach().double(), -1), torch.log_softmax(torch.tensor([0.0, -2.0, -120.0], dtype=torch.float64), -1)
+    expected = (w * (torch.log(w) - log_pi)).sum()
+    assert torch.isfinite(bound) and bound.item() == pytest.approx(expected.item(), rel=1e-4)
+    bound.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
 def test_mixture_rsample_passes_gradients_to_the_weights():
     """The straight-through gradient of E[t_0ᵀt] raises the weight of t_0, lowers those of the orthogonal others."""
     p = VonMisesFisherMixture(torch.zeros(3, dtype=torch.float64), VonMisesFisher(torch.eye(3, 8, dtype=torch.float64), 50.0))

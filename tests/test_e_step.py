@@ -124,21 +124,23 @@ def e_step_args(tmp_path, *args):
 
 @pytest.mark.slow
 def test_train_py_makes_the_e_step_at_an_epoch_boundary_and_a_resumed_run_reads_it(world, tmp_path):  # noqa: F811
-    """40 images in batches of 8: 5 steps an epoch, so --e_step_at 3 chooses at step 5. Killed after step 6 and
-    resumed, the run reads the choice its checkpoint names and ends as the straight run."""
-    common = e_step_args(tmp_path, "--max_train_steps", "8", "--e_step_at", "3", "--checkpointing_steps", "6")
+    """40 images in batches of 8: 5 steps an epoch, so --e_step_at 3 chooses at step 5, and checkpoints right
+    after. Killed there and resumed, the run reads the choice its checkpoint names, does not score the
+    candidates again, and ends as the straight run."""
+    common = e_step_args(tmp_path, "--max_train_steps", "8", "--e_step_at", "3", "--checkpointing_steps", "6", "--checkpoints_total_limit", "0")
     result = launch(world, tmp_path / "straight", *common)
     assert "E-step at step 5" in result.stderr and re.search(r"KL\(w \|\| π\) = [0-9.]+ nats per image", result.stderr)
     choice = np.load(tmp_path / "straight" / "e_step" / "choice-step000005.npy")
     assert choice.shape == (40, 8) and np.allclose(np.exp(choice["logit"]).sum(-1), 1, atol=1e-5)
-    state = json.loads((tmp_path / "straight" / "checkpoint-6" / "training_state.json").read_text())
-    assert state["e_step_file"] == "e_step/choice-step000005.npy"
+    for step in (5, 6):
+        state = json.loads((tmp_path / "straight" / f"checkpoint-{step}" / "training_state.json").read_text())
+        assert state["e_step_file"] == "e_step/choice-step000005.npy"
     assert generates(tmp_path / "straight")
 
-    for entry in ("checkpoint-6", "e_step"):
+    for entry in ("checkpoint-5", "e_step"):
         shutil.copytree(tmp_path / "straight" / entry, tmp_path / "resumed" / entry)
     result = launch(world, tmp_path / "resumed", *common, "--resume_from_checkpoint", "latest")
-    assert "at step 6" in result.stderr and "E-step at" not in result.stderr
+    assert "at step 5" in result.stderr and "E-step at" not in result.stderr
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert all(torch.equal(resumed[key], straight[key]) for key in straight)  # same ops, same threads: bitwise
 

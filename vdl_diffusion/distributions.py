@@ -437,10 +437,13 @@ def mixture_kl_upper_bound(q: VonMisesFisherMixture, p: VonMisesFisherMixture) -
 
     The log-sum inequality; equality when the components do not overlap, so the ELBO stays a bound.
     Build ``q`` with ``p.reweighted(...)``: the components are checked by identity, without a host sync.
+    From the log-weights, not torch's categorical KL: that one is inf wherever ``π_j`` underflows to 0 in
+    float32 (log π_j below about -104, as after an E-step) while ``w_j`` does not, though both logs are finite.
     """
     if q.component_distribution is not p.component_distribution:
         raise ValueError("`mixture_kl_upper_bound` needs two mixtures over the same components: build q with `p.reweighted(logits)`.")
-    return kl_divergence(q.mixture_distribution, p.mixture_distribution)
+    w, pi = q.mixture_distribution, p.mixture_distribution
+    return (w.probs * (w.logits - pi.logits)).sum(-1)
 
 
 @register_kl(PowerSpherical, VonMisesFisher)
