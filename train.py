@@ -92,6 +92,8 @@ positive_float = _number(float, lambda v: v > 0, "> 0")
 non_negative_float = _number(float, lambda v: v >= 0, "≥ 0")
 probability = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
 unit_interval = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
+# A number of steps, or a fraction of the run below 1 (as transformers' TrainingArguments take eval_steps).
+step_or_fraction = _number(float, lambda v: 0 < v < 1 or v >= 1 and v.is_integer(), "a whole number of steps or a fraction of the run in (0, 1)")
 
 
 def parse_args(argv=None):
@@ -172,11 +174,11 @@ def parse_args(argv=None):
         "sharing noise and timestep (the UNet then sees S x --train_batch_size rows per step).",
     )
     g.add_argument(
-        "--e_step_at", type=positive_int,
-        help="With --prior text-bank: once, at the first epoch boundary from this step, the UNet (frozen) weighs each image's "
-        "candidates by their diffusion loss at the timesteps that decide the layout, and the run draws its conditions from "
-        "those weights from then on (an E-step, vdl_diffusion/e_step.py; docs/text_bank.md). Costs about --e_step_draws × "
-        "--bank_top_k forward passes per image.",
+        "--e_step_at", type=step_or_fraction,
+        help="With --prior text-bank: once, after this many steps (or this fraction of the run, if below 1), the UNet (frozen) "
+        "weighs each image's candidates by their diffusion loss at the timesteps that decide the layout, and the run draws "
+        "its conditions from those weights from then on (an E-step, vdl_diffusion/e_step.py; docs/text_bank.md). Costs "
+        "about --e_step_draws × --bank_top_k forward passes per image.",
     )
     g.add_argument("--e_step_beta", type=positive_float, default=0.05, help="β of the E-step's weights w ∝ π exp(-n_latent · L / β).")
     g.add_argument("--e_step_draws", type=positive_int, default=4, help="(timestep, noise) draws per image in the E-step, shared by its candidates.")
@@ -307,7 +309,7 @@ def check_args(parser, args):
         parser.error("--e_step_at reweighs the text-bank prior's candidates of each cached image: use it with --prior text-bank, "
                      "--method vdl or prior-sample, and without --no_cache.")  # fmt: skip
     if args.e_step_at and args.max_train_steps and args.e_step_at >= args.max_train_steps:
-        parser.error(f"--e_step_at {args.e_step_at} is not before the run's end (--max_train_steps {args.max_train_steps}): choose an earlier step.")
+        parser.error(f"--e_step_at {args.e_step_at:g} is not before the run's end (--max_train_steps {args.max_train_steps}): choose an earlier step.")
     if args.e_step_min_timestep >= (timesteps := build_noise_scheduler(args.prediction_type).config.num_train_timesteps):
         parser.error(f"--e_step_min_timestep must be below the scheduler's {timesteps} timesteps, got {args.e_step_min_timestep}.")
     if args.resume_from_checkpoint not in (None, "latest") and not is_checkpoint(Path(args.resume_from_checkpoint)):
@@ -473,13 +475,9 @@ def main(args):
     elbo, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(elbo, optimizer, train_dataloader, lr_scheduler)
     updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)  # now per process
     num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
-    # The E-step waits for an epoch boundary: data loader workers hold the candidates they started the epoch with.
-    e_step_at = args.e_step_at and math.ceil(args.e_step_at / updates_per_epoch) * updates_per_epoch
-    if e_step_at and e_step_at >= args.max_train_steps:
-        raise ValueError(
-            f"--e_step_at {args.e_step_at} falls at step {e_step_at}, the first epoch boundary from it ({updates_per_epoch} steps an "
-            f"epoch), which is not before the run's end at {args.max_train_steps}: choose an earlier step."
-        )
+    e_step_at = args.e_step_at and (round(args.e_step_at * args.max_train_steps) if args.e_step_at < 1 else int(args.e_step_at))
+    if e_step_at is not None and not 0 < e_step_at < args.max_train_steps:
+        raise ValueError(f"--e_step_at {args.e_step_at:g} is step {e_step_at} of a run of {args.max_train_steps}: choose a step inside the run.")
     if ema_unet is not None:
         ema_unet.to(accelerator.device)
     if accelerator.is_main_process:
@@ -492,7 +490,7 @@ def main(args):
         state = load_checkpoint(accelerator, checkpoint, ema_unet)
         global_step, e_step_file = state["global_step"], state.get("e_step_file")
         if e_step_file:  # the run made its E-step before this checkpoint: its conditions come from that choice
-            train_dataset.read_candidates_from(output_dir / e_step_file)
+            train_dataset.use_choice(output_dir / e_step_file, accelerator.device)
         if state.get("max_train_steps", args.max_train_steps) != args.max_train_steps and args.lr_scheduler != "constant":
             logger.warning(
                 f"{checkpoint} was trained towards {state['max_train_steps']} steps, this run towards {args.max_train_steps}: "
@@ -513,14 +511,14 @@ def main(args):
     for epoch in range(first_epoch, num_epochs):
         if global_step >= args.max_train_steps:  # resumed from the final checkpoint: only the export is left
             break
-        if global_step == e_step_at and e_step_file is None:
-            e_step_file = choose_candidates(args, accelerator, elbo, ema_unet, train_dataset, global_step)
-            # A checkpoint that knows the choice: a run killed from here on does not score the candidates again.
-            save_checkpoint(accelerator, output_dir, training_state(args, global_step, e_step_file), ema_unet, args.checkpoints_total_limit)
         elbo.train()
         train_dataloader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(train_dataloader, skip_batches) if epoch == first_epoch else train_dataloader
         for batch in batches:
+            if global_step == e_step_at and e_step_file is None:
+                e_step_file = choose_candidates(args, accelerator, elbo, ema_unet, train_dataset, global_step)
+                # A checkpoint that knows the choice: a run killed from here on does not score the candidates again.
+                save_checkpoint(accelerator, output_dir, training_state(args, global_step, e_step_file), ema_unet, args.checkpoints_total_limit)
             with accelerator.accumulate(elbo):
                 batch = train_dataset.prepare_batch(batch, encoders)  # flip choice; encoders run here without a cache
                 beta = beta_at(global_step, args.beta, args.beta_warmup_steps)
@@ -588,7 +586,8 @@ def training_state(args, global_step: int, e_step_file: str | None) -> dict:
 def choose_candidates(args, accelerator, elbo, ema_unet, train_dataset, step) -> str:
     """The E-step (`vdl_diffusion.e_step`): the UNet as it is now (its EMA, if any) weighs every image's candidates,
     split over the processes; the choice is written to ``e_step/choice-step{step}.npy`` in --output_dir and
-    read by every process from then on. Returns that path, relative to --output_dir (it goes into checkpoints)."""
+    every process's batches take it from the next one on. Returns that path, relative to --output_dir (it goes
+    into checkpoints)."""
     model = accelerator.unwrap_model(elbo)
     groups = e_step_groups(args, model.prior)
     logger.info(
@@ -614,7 +613,8 @@ def choose_candidates(args, accelerator, elbo, ema_unet, train_dataset, step) ->
         write_choice(Path(args.output_dir) / name, train_dataset, choice)
         logger.info(f"E-step done: KL(w || π) = {kl_from_prior(train_dataset, choice):.3f} nats per image; conditions come from {name} from now on.")
     accelerator.wait_for_everyone()
-    train_dataset.read_candidates_from(Path(args.output_dir) / name)
+    train_dataset.use_choice(Path(args.output_dir) / name, accelerator.device)
+    model.train()
     return name
 
 

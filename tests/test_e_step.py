@@ -1,6 +1,7 @@
 """The E-step (`vdl_diffusion.e_step`): its weights, its scoring on a real cache, and train.py's --e_step_at."""
 
 import json
+import pickle
 import re
 import shutil
 
@@ -90,27 +91,29 @@ def test_e_step_moves_the_weight_to_the_text_the_loss_prefers(candidates):
     assert (top2[:, 2:] == 0).all() and np.allclose(top2.sum(-1), 1, atol=1e-5)
 
 
-def test_a_choice_is_read_back_and_one_for_other_candidates_is_refused(candidates, tmp_path):
+def test_batches_take_the_chosen_weights_and_a_choice_for_other_candidates_is_refused(candidates, tmp_path):
     dataset, prior = candidates
     pi = torch.log_softmax(torch.from_numpy(dataset.candidate_rows()["logit"].copy()), -1).numpy()
     chosen = np.roll(pi, 1, axis=1)  # some other weights over the same candidates
     write_choice(tmp_path / "choice.npy", dataset, chosen)
-    original = dataset.path
+    batch = torch.utils.data.default_collate(dataset.__getitems__([3, 7]))
     try:
-        dataset.read_candidates_from(tmp_path / "choice.npy")
-        row = dataset[3]
-        assert torch.equal(row["bank_logits"], torch.from_numpy(chosen[3]))
-        assert torch.equal(row["bank_index"], torch.from_numpy(dataset.candidate_rows()["index"][3].astype(np.int64)))
+        assert torch.equal(dataset.prepare_batch(batch, None)["bank_logits"], batch["bank_logits"])  # no choice: the prior's
+        dataset.use_choice(tmp_path / "choice.npy")
+        prepared = dataset.prepare_batch(batch, None)
+        assert torch.equal(prepared["bank_logits"], torch.from_numpy(chosen[[3, 7]])) and "bank_row" not in prepared
+        assert torch.equal(prepared["bank_index"], batch["bank_index"])
+        assert pickle.loads(pickle.dumps(dataset)).chosen_logits is None  # workers get no copy: the main process applies it
         with pytest.raises(ValueError, match="one row per image"):
             write_choice(tmp_path / "short.npy", dataset, chosen[:-1])
         other = np.load(tmp_path / "choice.npy")
         other["index"] = other["index"][:, ::-1]
         np.save(tmp_path / "other.npy", other)
         with pytest.raises(ValueError, match="does not list this dataset's candidates"):
-            dataset.read_candidates_from(tmp_path / "other.npy")
-        assert dataset.path == tmp_path / "choice.npy"  # a refused file changes nothing
+            dataset.use_choice(tmp_path / "other.npy")
+        assert torch.equal(dataset.prepare_batch(batch, None)["bank_logits"], prepared["bank_logits"])  # a refused file changes nothing
     finally:
-        dataset.read_candidates_from(original)
+        dataset.chosen_logits = None
 
 
 # --- train.py --e_step_at ------------------------------------------------------------------------
@@ -123,40 +126,41 @@ def e_step_args(tmp_path, *args):
 
 
 @pytest.mark.slow
-def test_train_py_makes_the_e_step_at_an_epoch_boundary_and_a_resumed_run_reads_it(world, tmp_path):  # noqa: F811
-    """40 images in batches of 8: 5 steps an epoch, so --e_step_at 3 chooses at step 5, and checkpoints right
-    after. Killed there and resumed, the run reads the choice its checkpoint names, does not score the
-    candidates again, and ends as the straight run."""
+def test_train_py_makes_the_e_step_and_a_run_resumed_after_it_reads_the_choice(world, tmp_path):  # noqa: F811
+    """The E-step after step 3 (mid-epoch: 40 images in batches of 8), then a checkpoint. Killed there and
+    resumed, the run reads the choice its checkpoint names, does not score the candidates again, and ends
+    as the straight run."""
     common = e_step_args(tmp_path, "--max_train_steps", "8", "--e_step_at", "3", "--checkpointing_steps", "6", "--checkpoints_total_limit", "0")
     result = launch(world, tmp_path / "straight", *common)
-    assert "E-step at step 5" in result.stderr and re.search(r"KL\(w \|\| π\) = [0-9.]+ nats per image", result.stderr)
-    choice = np.load(tmp_path / "straight" / "e_step" / "choice-step000005.npy")
+    assert "E-step at step 3" in result.stderr and re.search(r"KL\(w \|\| π\) = [0-9.]+ nats per image", result.stderr)
+    choice = np.load(tmp_path / "straight" / "e_step" / "choice-step000003.npy")
     assert choice.shape == (40, 8) and np.allclose(np.exp(choice["logit"]).sum(-1), 1, atol=1e-5)
-    for step in (5, 6):
+    for step in (3, 6):
         state = json.loads((tmp_path / "straight" / f"checkpoint-{step}" / "training_state.json").read_text())
-        assert state["e_step_file"] == "e_step/choice-step000005.npy"
+        assert state["e_step_file"] == "e_step/choice-step000003.npy"
     assert generates(tmp_path / "straight")
 
-    for entry in ("checkpoint-5", "e_step"):
+    for entry in ("checkpoint-3", "e_step"):
         shutil.copytree(tmp_path / "straight" / entry, tmp_path / "resumed" / entry)
     result = launch(world, tmp_path / "resumed", *common, "--resume_from_checkpoint", "latest")
-    assert "at step 5" in result.stderr and "E-step at" not in result.stderr
+    assert "at step 3" in result.stderr and "E-step at" not in result.stderr
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert all(torch.equal(resumed[key], straight[key]) for key in straight)  # same ops, same threads: bitwise
 
 
 @pytest.mark.slow
 def test_two_processes_share_the_e_step(world, tmp_path):  # noqa: F811
-    """Each process scores its share of the images; the choice covers every image and both end in sync."""
-    result = launch(world, tmp_path / "out", *e_step_args(tmp_path, "--max_train_steps", "6", "--e_step_at", "1", "--train_batch_size", "4"),
+    """Each process scores its share of the images; the choice covers every image and both end in sync.
+    ``--e_step_at 0.5``: half of the run."""
+    result = launch(world, tmp_path / "out", *e_step_args(tmp_path, "--max_train_steps", "6", "--e_step_at", "0.5", "--train_batch_size", "4"),
                     num_processes=2)  # fmt: skip
     checksums = [float(v) for v in re.findall(r"Weight checksum per process: \[([^\]]+)\]", result.stderr)[-1].split(",")]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
-    (choice,) = (tmp_path / "out" / "e_step").glob("choice-step*.npy")
-    assert np.allclose(np.exp(np.load(choice)["logit"]).sum(-1), 1, atol=1e-5)
+    choice = np.load(tmp_path / "out" / "e_step" / "choice-step000003.npy")
+    assert choice.shape == (40, 8) and np.allclose(np.exp(choice["logit"]).sum(-1), 1, atol=1e-5)
 
 
-def test_an_e_step_past_the_last_epoch_boundary_fails_before_training(world, tmp_path):  # noqa: F811
-    result = launch(world, tmp_path / "out", *e_step_args(tmp_path, "--e_step_at", "6", "--max_train_steps", "8"), check=False)
-    assert result.returncode != 0 and "--e_step_at 6 falls at step 10" in result.stderr and "choose an earlier step" in result.stderr
+def test_an_e_step_outside_the_run_fails_before_training(world, tmp_path):  # noqa: F811
+    result = launch(world, tmp_path / "out", *e_step_args(tmp_path, "--e_step_at", "0.01", "--max_train_steps", "8"), check=False)
+    assert result.returncode != 0 and "--e_step_at 0.01 is step 0 of a run of 8: choose a step inside the run" in result.stderr
     assert not list((tmp_path / "out").glob("checkpoint-*"))

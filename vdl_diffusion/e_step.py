@@ -111,7 +111,7 @@ def e_step(
 
 def write_choice(path, dataset: BankCandidates, log_w: np.ndarray) -> None:
     """A top-k file at ``path`` (`text_bank.ROW`) with the dataset's candidates and the chosen ``log w``
-    (one row per image of the dataset), written whole or not at all; `BankCandidates.read_candidates_from` reads it."""
+    (one row per image of the dataset), written whole or not at all; `BankCandidates.use_choice` reads it."""
     candidates = dataset.candidate_rows()
     if log_w.shape != candidates.shape:
         raise ValueError(f"The choice has shape {log_w.shape}, the dataset's candidates {candidates.shape}: one row per image, one column per candidate.")

@@ -107,15 +107,18 @@ def _cached_embeddings(dataset: CachedEmbeddingDataset, chunk: int):
 
 
 class BankCandidates(torch.utils.data.Dataset):
-    """Rows of ``dataset`` plus ``bank_index`` (k,) and ``bank_logits`` (k,) read from the top-k file.
+    """Rows of ``dataset`` plus ``bank_index`` (k,) and ``bank_logits`` (k,) read from the top-k file, and
+    ``bank_row``, the row's number, by which `prepare_batch` puts an E-step's chosen weights in place of
+    the prior's logits (`use_choice`).
 
     The file is memory-mapped and opened lazily, so each data loader worker maps its own and no row
-    is loaded before it is read; a batch's rows are read with one gather.
+    is loaded before it is read; a batch's rows are read with one gather. The choice lives in the main
+    process, on the training device, so it applies from the next batch whatever the workers hold.
     """
 
     def __init__(self, dataset: CachedEmbeddingDataset, path: str | os.PathLike):
         self.dataset, self.path = dataset, Path(path)
-        self._rows = None
+        self._rows, self.chosen_logits = None, None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -126,29 +129,35 @@ class BankCandidates(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
         """A batch's rows (torch's DataLoader passes the batch's indices): one gather from the top-k file, one per
         tensor from the cache (`CachedEmbeddingDataset.__getitems__`)."""
-        rows = self.candidate_rows()[np.asarray(indices, dtype=np.int64)]
+        indices = np.asarray(indices, dtype=np.int64)
+        rows = self.candidate_rows()[indices]
         bank_index, bank_logits = torch.from_numpy(rows["index"].astype(np.int64)), torch.from_numpy(rows["logit"].copy())
         return [
-            {**row, "bank_index": entries, "bank_logits": logits}
-            for row, entries, logits in zip(self.dataset.__getitems__(indices), bank_index, bank_logits)
+            {**row, "bank_index": entries, "bank_logits": logits, "bank_row": row_number}
+            for row, entries, logits, row_number in zip(self.dataset.__getitems__(indices), bank_index, bank_logits, torch.from_numpy(indices))
         ]
 
     def candidate_rows(self) -> np.ndarray:
-        """The whole top-k file, memory-mapped: a `ROW` array (N, k)."""
+        """The whole top-k file, memory-mapped: a `ROW` array (N, k), the prior's candidates and logits."""
         if self._rows is None:
             self._rows = np.load(self.path, mmap_mode="r")
         return self._rows
 
-    def read_candidates_from(self, path: str | os.PathLike) -> None:
-        """Rows read their candidates from ``path`` from now on (the E-step's choice, `vdl_diffusion.e_step`).
-        Data loader workers hold the file they started with: switch between epochs."""
+    def use_choice(self, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+        """Batches take their ``bank_logits`` from the choice at ``path`` (`vdl_diffusion.e_step.write_choice`)
+        from now on; it is held on ``device`` (N × k floats) and indexed there, without a host sync."""
         rows = np.load(path, mmap_mode="r")
         if rows.dtype != ROW or rows.shape != self.candidate_rows().shape or not np.array_equal(rows["index"], self.candidate_rows()["index"]):
             raise ValueError(f"{path} does not list this dataset's candidates ({self.path}): not a choice made for this cache and prior.")
-        self.path, self._rows = Path(path), rows
+        self.chosen_logits = torch.from_numpy(rows["logit"].copy()).to(device)
 
     def prepare_batch(self, batch: dict[str, torch.Tensor], encoders) -> dict[str, torch.Tensor]:
-        return self.dataset.prepare_batch(batch, encoders)
+        batch = dict(self.dataset.prepare_batch(batch, encoders))
+        row = batch.pop("bank_row")
+        if self.chosen_logits is not None:
+            batch["bank_logits"] = self.chosen_logits[row.to(self.chosen_logits.device)]
+        return batch
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_rows": None}  # a memory map does not pickle (spawned workers)
+        # A memory map does not pickle (spawned workers), and workers never need the choice (`prepare_batch` runs here).
+        return {**self.__dict__, "_rows": None, "chosen_logits": None}
