@@ -8,6 +8,12 @@ python examples/results_table.py --output $R/text_bank/table.md \
   "supervised (real captions)=$R/text_bank/seed1-baselines/results.json:supervised" \
   "vdl, text-bank, bank mixture, β = 1=$R/text_bank/seed0/results.json:vdl" \
   "vdl, text-bank, bank mixture, β = 1=$R/text_bank/seed1/results.json:vdl" \
+  "vdl, text-bank, top 8, E-step half-way (make toy)=$R/text_bank/seed0-e-step/results.json:vdl" \
+  "vdl, text-bank, top 8, E-step half-way (make toy)=$R/text_bank/seed1-e-step/results.json:vdl" \
+  "vdl, text-bank, top 8=$R/text_bank/seed0-top8/results.json:vdl" \
+  "vdl, text-bank, top 8=$R/text_bank/seed1-top8/results.json:vdl" \
+  "prior-sample, text-bank, top 8=$R/text_bank/seed0-choice-control/results.json:prior-sample" \
+  "prior-sample, text-bank, top 8=$R/text_bank/seed1-choice-control/results.json:prior-sample" \
   "vdl, text-bank, RLOO from s ≥ 800, β = 0.007=$R/text_bank/seed0-band/results.json:vdl" \
   "vdl, text-bank, RLOO from s ≥ 800, β = 0.007=$R/text_bank/seed1-band/results.json:vdl" \
   "vdl, text-bank, RLOO, β = 0.007=$R/text_bank/seed0-rloo/results.json:vdl" \
