@@ -35,24 +35,18 @@ def candidate_losses(
     scheduler: DDPMScheduler,
     z0: torch.Tensor,
     t: torch.Tensor,
-    draws: int,
-    min_timestep: int,
+    timesteps: torch.Tensor,
+    noise: torch.Tensor,
     snr_gamma: float | None = None,
-    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``L`` (n, k): the mean diffusion loss of each image ``z0`` (n, C, H, W) under each of its candidates ``t``
-    (n, k, D), over ``draws`` (timestep ≥ ``min_timestep``, noise) draws that the ``k`` share, so that their
-    losses differ only by ``t``."""
+    """``L`` (n, k): the diffusion loss of each image ``z0`` (n, C, H, W) under each of its candidates ``t``
+    (n, k, D), at one draw of ``timesteps`` (n,) and ``noise`` (like ``z0``) that the ``k`` share, so that
+    their losses differ only by ``t``."""
     n, k = t.shape[:2]
-    losses = torch.zeros(n, k, device=z0.device)
-    for _ in range(draws):
-        s = torch.randint(min_timestep, scheduler.config.num_train_timesteps, (n,), generator=generator, device=z0.device)
-        noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
-        losses += diffusion_loss(
-            unet, scheduler, z0.repeat_interleave(k, 0), t.flatten(0, 1), snr_gamma,
-            timesteps=s.repeat_interleave(k), noise=noise.repeat_interleave(k, 0),
-        ).view(n, k) / draws
-    return losses
+    return diffusion_loss(
+        unet, scheduler, z0.repeat_interleave(k, 0), t.flatten(0, 1), snr_gamma,
+        timesteps=timesteps.repeat_interleave(k), noise=noise.repeat_interleave(k, 0),
+    ).view(n, k)
 
 
 def choose(log_pi: torch.Tensor, losses: torch.Tensor, n_latent: int, beta: float, groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,8 +96,10 @@ def e_step(
         entries = torch.from_numpy(file_rows["index"][index, :k].astype(np.int64)).to(device)
         log_pi = torch.log_softmax(torch.from_numpy(file_rows["logit"][index, :k].copy()).to(device), -1)
         losses = torch.zeros_like(log_pi)
-        if draws and not math.isinf(beta):
-            losses = candidate_losses(unet, scheduler, z0, bank[entries].to(unet.dtype), draws, min_timestep, snr_gamma, generator).float()
+        for _ in range(0 if math.isinf(beta) else draws):
+            s = torch.randint(min_timestep, scheduler.config.num_train_timesteps, (len(index),), generator=generator, device=device)
+            noise = torch.randn(z0.shape, generator=generator, device=device, dtype=z0.dtype)
+            losses += candidate_losses(unet, scheduler, z0, bank[entries].to(unet.dtype), s, noise, snr_gamma).float() / draws
         log_w = choose(log_pi, losses, z0[0].numel(), beta, None if groups is None else groups.to(device)[entries])
         log_w_rows[start : start + len(index), :k] = log_w.clamp(min=-1e4).cpu().numpy()
     return log_w_rows

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from posterior_report import REPORT_STREAM, load_run
 
+from vdl_diffusion.e_step import candidate_losses
 from vdl_diffusion.encoders import FrozenEncoders
 from vdl_diffusion.models import build_noise_scheduler
-from vdl_diffusion.objective import diffusion_loss, elbo_scale
+from vdl_diffusion.objective import elbo_scale
 from vdl_diffusion.toy import TOY_CLIP, TOY_VAE, ToyWorld
 
 
@@ -48,20 +49,15 @@ def parse_args():
 
 
 @torch.no_grad()
-def candidate_losses(unet, scheduler, z0, candidates, draws: int, snr_gamma: float | None, generator: torch.Generator) -> torch.Tensor:
-    """``(draws, n, k)`` diffusion losses and ``(draws, n)`` timesteps; within a draw every candidate of an image sees the same ``s`` and ``ε``."""
-    n, k = candidates.shape[:2]
+def score(unet, scheduler, z0, candidates, draws: int, snr_gamma: float | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(draws, n, k)`` diffusion losses and ``(draws, n)`` timesteps, over every timestep; within a draw every
+    candidate of an image sees the same ``s`` and ``ε`` (`vdl_diffusion.e_step.candidate_losses`)."""
     losses, timesteps = [], []
     for _ in range(draws):
-        s = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator)
-        timesteps.append(s)
+        s = torch.randint(0, scheduler.config.num_train_timesteps, (len(z0),), generator=generator)
         noise = torch.randn(z0.shape, generator=generator)
-        losses.append(
-            diffusion_loss(
-                unet, scheduler, z0.repeat_interleave(k, 0), candidates.flatten(0, 1), snr_gamma,
-                timesteps=s.repeat_interleave(k), noise=noise.repeat_interleave(k, 0),
-            ).view(n, k)
-        )
+        losses.append(candidate_losses(unet, scheduler, z0, candidates, s, noise, snr_gamma))
+        timesteps.append(s)
     return torch.stack(losses), torch.stack(timesteps)
 
 
@@ -108,7 +104,7 @@ def measure(args) -> dict:
             named[i, j], position[i, j], all_true[i, j] = right is not None, bool(right), entirely
             mentions[i, j] = len(ToyWorld.read_caption(texts[entry]))
 
-    losses, timesteps = candidate_losses(unet, scheduler, z0, candidates, args.draws, snr_gamma, generator)
+    losses, timesteps = score(unet, scheduler, z0, candidates, args.draws, snr_gamma, generator)
     return {
         "run": str(args.run), "n_latent": z0[0].numel(), "elbo_scale": elbo_scale(unet, scheduler, z0[:32], candidates[:32, 0], snr_gamma),
         "losses": losses, "timesteps": timesteps, "log_pi": torch.log_softmax(logits, -1),
