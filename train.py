@@ -30,7 +30,6 @@ import math
 import os
 import shutil
 import time
-from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -589,18 +588,16 @@ def choose_candidates(args, accelerator, elbo, ema_unet, train_dataset, step) ->
     every process's batches take it from the next one on. Returns that path, relative to --output_dir (it goes
     into checkpoints)."""
     model = accelerator.unwrap_model(elbo)
-    groups = e_step_groups(args, model.prior)
     logger.info(
         f"E-step at step {step}: the UNet scores each of {len(train_dataset)} images' top-{args.bank_top_k} candidates over "
-        f"{args.e_step_draws} draws at timesteps ≥ {args.e_step_min_timestep}, β = {args.e_step_beta:g}"
-        + (", within groups naming as many attributes." if groups is not None else ".")
+        f"{args.e_step_draws} draws at timesteps ≥ {args.e_step_min_timestep}, β = {args.e_step_beta:g}."
     )
     generator = torch.Generator(accelerator.device).manual_seed(args.seed + accelerator.process_index)
     model.eval()
     with accelerator.split_between_processes(list(range(len(train_dataset)))) as rows, ema_weights(ema_unet, model.unet), accelerator.autocast():
         log_w = e_step(
             model.unet, model.scheduler, train_dataset, model.prior.bank, rows, draws=args.e_step_draws,
-            min_timestep=args.e_step_min_timestep, beta=args.e_step_beta, groups=groups, snr_gamma=args.snr_gamma or None,
+            min_timestep=args.e_step_min_timestep, beta=args.e_step_beta, snr_gamma=args.snr_gamma or None,
             generator=generator,
         )
     parts = gather_object([(rows, log_w)])
@@ -616,17 +613,6 @@ def choose_candidates(args, accelerator, elbo, ema_unet, train_dataset, step) ->
     train_dataset.use_choice(Path(args.output_dir) / name, accelerator.device)
     model.train()
     return name
-
-
-def e_step_groups(args, prior) -> torch.Tensor | None:
-    """The E-step's groups, one per bank text: on the toy world's own corpus, how many attributes a text names
-    (its caption reader says); on other texts none (the choice is made among all candidates)."""
-    if args.prior_texts:
-        return None
-    texts = list(Counter(ToyWorld(args.seed).text_corpus()))  # the bank's rows, in order (`TextBankPrior.from_texts`)
-    if len(texts) != len(prior.bank):
-        raise ValueError(f"The toy corpus holds {len(texts)} distinct texts, the prior's bank {len(prior.bank)}: not the toy world's bank.")
-    return torch.tensor([len(ToyWorld.read_caption(text)) for text in texts])
 
 
 def export_pipeline(model, ema_unet, encoders, args, step, **card):

@@ -12,8 +12,9 @@ as it then is scores every cached image's ``k`` candidates by their diffusion lo
 
 in place of the prior's ``π``: the optimal posterior over the candidates for that UNet, with the band's
 loss for the diffusion term. With ``groups`` (e.g. how many attributes a text names) the choice is made
-within each group of candidates, each keeping its prior mass: the loss rewards a condition that names
-more, and how much captions name is the writers' habit, not a fact about the image.
+within each group of candidates, each keeping its prior mass, since the loss rewards a condition that names
+more; train.py chooses among all ``k``, which on the toy world drew what captions ask for better than the
+groups did (docs/text_bank.md).
 """
 
 import math

@@ -3,7 +3,9 @@
 # prior's top 8) with one E-step at step 3000 (it falls at 3125, an epoch boundary), seeds 0 and 1:
 #   python examples/benchmark_methods.py --seed S --methods vdl --caption_fractions --output_dir DIR \
 #       --extra_train_args="--prior text-bank --posterior_family bank_mixture --bank_top_k 8 --e_step_at 3000"
-#   and the same with --e_step_draws 2 (its steps before the E-step resumed from the first run's checkpoint-3000);
+#   and the same with --e_step_draws 2, or with the bank given as a file (--prior_texts FILE, written by
+#   examples/toy_world/write_corpus.py --seed S: the same bank, but no mention groups, as on a user's texts),
+#   each resuming the first run's checkpoint-3000 (the steps before the E-step are the same);
 # what each choice trains on (the ground truth; seed{0,1}-e-step*/e_step_truth.json):
 #   python examples/toy_world/choose_candidates.py --run DIR/runs/vdl --cache DIR/cache/<folder> --seed S \
 #       --truth_of DIR/runs/vdl/e_step/choice-step003125.npy
@@ -17,9 +19,11 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "vdl, top 8 (make toy before the E-step)=$R/text_bank/seed1-top8/results.json:vdl" \
   "prior-sample on the prior's top 8=$R/text_bank/seed0-choice-control/results.json:prior-sample" \
   "prior-sample on the prior's top 8=$R/text_bank/seed1-choice-control/results.json:prior-sample" \
-  "vdl, top 8, E-step at 3000 (--e_step_at 3000)=$R/text_bank/seed0-e-step/results.json:vdl" \
-  "vdl, top 8, E-step at 3000 (--e_step_at 3000)=$R/text_bank/seed1-e-step/results.json:vdl" \
-  "the same, 2 draws per image (--e_step_draws 2)=$R/text_bank/seed0-e-step-2draws/results.json:vdl" \
-  "the same, 2 draws per image (--e_step_draws 2)=$R/text_bank/seed1-e-step-2draws/results.json:vdl" \
+  "vdl, top 8, E-step at 3000, within mention groups=$R/text_bank/seed0-e-step/results.json:vdl" \
+  "vdl, top 8, E-step at 3000, within mention groups=$R/text_bank/seed1-e-step/results.json:vdl" \
+  "the same, 2 draws per image=$R/text_bank/seed0-e-step-2draws/results.json:vdl" \
+  "the same, 2 draws per image=$R/text_bank/seed1-e-step-2draws/results.json:vdl" \
+  "vdl, top 8, E-step at 3000, among all 8 (make toy)=$R/text_bank/seed0-e-step-no-groups/results.json:vdl" \
+  "vdl, top 8, E-step at 3000, among all 8 (make toy)=$R/text_bank/seed1-e-step-no-groups/results.json:vdl" \
   "two stages: prior-sample on a finished run's choice=$R/text_bank/seed0-choice/results.json:prior-sample" \
   "two stages: prior-sample on a finished run's choice=$R/text_bank/seed1-choice/results.json:prior-sample"
