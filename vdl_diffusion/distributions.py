@@ -19,7 +19,7 @@ from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Beta, Categorical, Distribution, MixtureSameFamily, constraints, kl_divergence
+from torch.distributions import Beta, Categorical, Distribution, MixtureSameFamily, constraints
 from torch.distributions.kl import register_kl
 
 # ---------------------------------------------------------------------------------------------
