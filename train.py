@@ -489,6 +489,11 @@ def main(args):
         state = load_checkpoint(accelerator, checkpoint, ema_unet)
         global_step, e_step_file = state["global_step"], state.get("e_step_file")
         if e_step_file:  # the run made its E-step before this checkpoint: its conditions come from that choice
+            if not (output_dir / e_step_file).is_file():
+                raise FileNotFoundError(
+                    f"{checkpoint} was trained on the E-step's choice {output_dir / e_step_file}, which is missing: restore it "
+                    "(it is written beside the checkpoints), or resume from a checkpoint before the E-step."
+                )
             train_dataset.use_choice(output_dir / e_step_file, accelerator.device)
         if state.get("max_train_steps", args.max_train_steps) != args.max_train_steps and args.lr_scheduler != "constant":
             logger.warning(

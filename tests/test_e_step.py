@@ -146,6 +146,11 @@ def test_train_py_makes_the_e_step_and_a_run_resumed_after_it_reads_the_choice(w
     assert "at step 3" in result.stderr and "E-step at" not in result.stderr
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert all(torch.equal(resumed[key], straight[key]) for key in straight)  # same ops, same threads: bitwise
+    # Without the choice its checkpoint names, the run stops with the fix, and the checkpoint is left as it was.
+    shutil.copytree(tmp_path / "straight" / "checkpoint-3", tmp_path / "orphan" / "checkpoint-3")
+    result = launch(world, tmp_path / "orphan", *common, "--resume_from_checkpoint", "latest", check=False)
+    assert result.returncode != 0 and "which is missing: restore it" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "orphan").glob("checkpoint-*")) == ["checkpoint-3"]
 
 
 @pytest.mark.slow
