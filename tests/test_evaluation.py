@@ -21,6 +21,7 @@ from vdl_diffusion.evaluation import (
     fid_and_clip_score,
     frechet_distance,
     pool_estimates,
+    total_variation,
 )
 from vdl_diffusion.toy import ATTRIBUTE_NAMES, TOY_CLIP, TOY_ORACLE, ToyOracle, ToyWorld
 
@@ -149,6 +150,30 @@ def test_accuracy_counts_only_mentioned_attributes(toy):
     for a in ATTRIBUTE_NAMES:
         assert results[f"{a}_accuracy"].n == reference.mentioned[a].sum()
         assert results[f"{a}_accuracy"].value > 0.9
+
+
+@needs_toy_models
+def test_silent_attributes_drawn_as_one_value_are_far_from_the_data_and_accuracy_misses_it(toy):
+    world = toy[0]
+    reference = world.sample(NUM_SAMPLES, "eval", rng=0)
+
+    def first_value_unless_mentioned(labels, mentioned):
+        return {a: np.where(mentioned[a], v, 0) for a, v in labels.items()}
+
+    exact = evaluate(toy, ToyPipeline(world, seed=0))
+    biased = evaluate(toy, ToyPipeline(world, seed=0, labels_for=first_value_unless_mentioned))
+    assert biased["all_mentioned_accuracy"].value > 0.9
+    for a in ("position", "background"):  # values drawn uniformly, so one value is far from their mix
+        silent = ~reference.mentioned[a]
+        assert biased[f"{a}_silent_tv"].n == exact[f"{a}_silent_tv"].n == silent.sum() > 0
+        assert exact[f"{a}_silent_tv"].value < 0.1
+        assert biased[f"{a}_silent_tv"].value == pytest.approx(1 - np.mean(reference.labels[a][silent] == 0), abs=0.1)
+
+
+def test_total_variation_of_label_sets():
+    assert total_variation(np.array([0, 1, 2]), np.array([2, 0, 1]), 4) == 0
+    assert total_variation(np.array([0, 0]), np.array([1, 3]), 4) == 1
+    assert total_variation(np.array([0, 1]), np.array([0, 0]), 2) == pytest.approx(0.5)
 
 
 @needs_toy_models

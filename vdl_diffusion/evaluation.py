@@ -20,12 +20,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor
 
-from .toy import ATTRIBUTE_NAMES, TOY_CLIP, ToyOracle, ToyWorld
+from .toy import ATTRIBUTE_NAMES, ATTRIBUTES, TOY_CLIP, ToyOracle, ToyWorld
 
 INCEPTION_WEIGHTS_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 )
-FD_BOOTSTRAP_RESAMPLES = 10  # the standard error of a Fréchet distance: std over bootstrap resamples
+BOOTSTRAP_RESAMPLES = 10  # the standard error of a Fréchet or total-variation distance: std over bootstrap resamples
 
 
 @dataclass
@@ -111,9 +111,26 @@ def frechet_estimate(features_a: torch.Tensor, features_b: torch.Tensor, seed: i
     n_a, n_b = len(features_a), len(features_b)
     resampled = [
         frechet_distance(features_a[rng.integers(n_a, size=n_a)], features_b[rng.integers(n_b, size=n_b)])
-        for _ in range(FD_BOOTSTRAP_RESAMPLES)
+        for _ in range(BOOTSTRAP_RESAMPLES)
     ]
     return Estimate(frechet_distance(features_a, features_b), float(np.std(resampled, ddof=1)), n_a)
+
+
+def total_variation(values_a: np.ndarray, values_b: np.ndarray, num_values: int) -> float:
+    """Total-variation distance between the empirical distributions of two sets of labels in ``range(num_values)``."""
+    p_a, p_b = (np.bincount(v, minlength=num_values) / len(v) for v in (values_a, values_b))
+    return float(0.5 * np.abs(p_a - p_b).sum())
+
+
+def total_variation_estimate(values_a: np.ndarray, values_b: np.ndarray, num_values: int, seed: int = 0) -> Estimate:
+    """``total_variation`` of paired labels (e.g. generated and reference image of one caption) with the standard
+    deviation over bootstrap resamples of the pairs as its standard error; nan where there are none."""
+    n = len(values_a)
+    if n == 0:
+        return Estimate(math.nan, math.nan, 0)
+    rng = np.random.default_rng(seed)
+    resampled = [total_variation(values_a[i], values_b[i], num_values) for i in (rng.integers(n, size=n) for _ in range(BOOTSTRAP_RESAMPLES))]
+    return Estimate(total_variation(values_a, values_b, num_values), float(np.std(resampled, ddof=1)), n)
 
 
 # -- CLIP score -----------------------------------------------------------------------------------
@@ -219,6 +236,11 @@ def evaluate_toy(
     - ``all_mentioned_accuracy``: every attribute the caption mentions is right;
     - ``seen_pairs_accuracy`` / ``heldout_pairs_accuracy``: ``all_mentioned_accuracy`` over
       captions that name both a shape and a colour, whose pair was / was not in the training split;
+    - ``{attribute}_silent_tv``: over the captions that do not mention the attribute, the total-variation
+      distance between its values in the generated images (as the oracle reads them) and in the reference
+      images: where a caption is silent the model should draw the data's variety, and a bias there (e.g.
+      conditions that leave an attribute unnamed mostly for some of its values) costs FD, not accuracy.
+      Sampling alone puts a floor under it of about ``sqrt(K / n)`` / 2 for K values over n captions;
     - ``oracle_fd``: Fréchet distance between the oracle's features of generated and reference images;
     - ``clip_score``: ``100 · cos`` between the generated image and its caption in the toy CLIP.
     """
@@ -236,6 +258,9 @@ def evaluate_toy(
     heldout = world.is_heldout(reference.labels["shape"], reference.labels["colour"])
 
     results = {f"{a}_accuracy": binomial_estimate(correct[a][mentioned[a]]) for a in ATTRIBUTE_NAMES}
+    for a in ATTRIBUTE_NAMES:
+        silent = ~mentioned[a]
+        results[f"{a}_silent_tv"] = total_variation_estimate(predicted[a][silent], reference.labels[a][silent], len(ATTRIBUTES[a]), seed)
     results["all_mentioned_accuracy"] = binomial_estimate(all_right)
     results["seen_pairs_accuracy"] = binomial_estimate(all_right[names_pair & ~heldout])
     results["heldout_pairs_accuracy"] = binomial_estimate(all_right[names_pair & heldout])

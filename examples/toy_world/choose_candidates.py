@@ -41,7 +41,7 @@ from vdl_diffusion.e_step import e_step
 from vdl_diffusion.files import write_atomically
 from vdl_diffusion.models import build_noise_scheduler
 from vdl_diffusion.text_bank import BankCandidates
-from vdl_diffusion.toy import ToyWorld
+from vdl_diffusion.toy import ATTRIBUTE_NAMES, ATTRIBUTES, ToyWorld
 
 
 def parse_args():
@@ -121,20 +121,35 @@ def main():
 
 def truth(logits: np.ndarray, entries: np.ndarray, images: np.ndarray, labels: dict, read: list[dict]) -> dict[str, float]:
     """Over one draw of each image's candidates from ``softmax(logits)``: how often a named position is right,
-    how often the candidate is entirely true of the image, and how many attributes it names (``read``: each
-    bank text's attributes, `ToyWorld.read_caption`)."""
+    how often the candidate is entirely true of the image, how many attributes it names (``read``: each
+    bank text's attributes, `ToyWorld.read_caption`), how often it names each attribute and, for the images
+    whose condition leaves an attribute unnamed, the total-variation distance of their values of it from the
+    data's. Caption writers name an attribute whatever its value (distance 0): a choice that names some
+    values more readily teaches the UNet a biased image for the captions that name none."""
     w = torch.softmax(torch.tensor(logits, dtype=torch.float32), -1).numpy()
     named_position = right_position = entirely = named = 0.0
+    names = dict.fromkeys(ATTRIBUTE_NAMES, 0.0)
+    unnamed = {a: np.zeros(len(ATTRIBUTES[a])) for a in ATTRIBUTE_NAMES}  # weight of each value among unnamed
     for row, image in enumerate(images):
         for j in np.flatnonzero(w[row] > 1e-6):
             values = read[entries[row, j]]
             right = {a: v == labels[a][image] for a, v in values.items()}
             named += w[row, j] * len(values)
             entirely += w[row, j] * all(right.values())
+            for a in ATTRIBUTE_NAMES:
+                if a in values:
+                    names[a] += w[row, j]
+                else:
+                    unnamed[a][labels[a][image]] += w[row, j]
             if "position" in right:
                 named_position += w[row, j]
                 right_position += w[row, j] * right["position"]
-    return {"position": float(right_position / named_position), "entirely true": float(entirely / len(images)), "attributes named": float(named / len(images))}
+    data = {a: np.bincount(labels[a][images], minlength=len(ATTRIBUTES[a])) / len(images) for a in ATTRIBUTE_NAMES}
+    return {
+        "position": float(right_position / named_position), "entirely true": float(entirely / len(images)),
+        "attributes named": float(named / len(images)), **{f"names {a}": float(n / len(images)) for a, n in names.items()},
+        **{f"unnamed {a}: TV from data": float(0.5 * np.abs(unnamed[a] / unnamed[a].sum() - data[a]).sum()) for a in ATTRIBUTE_NAMES},
+    }
 
 
 def image_order(folder: Path) -> np.ndarray:
