@@ -51,7 +51,7 @@ from vdl_diffusion.cache import build_or_load_cache
 from vdl_diffusion.checkpoints import find_checkpoint, is_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from vdl_diffusion.conditioning import METHODS
 from vdl_diffusion.data import INTERPOLATION_MODES, is_saved_dataset, load_image_dataset, write_skipped
-from vdl_diffusion.e_step import e_step, kl_from_prior, write_choice
+from vdl_diffusion.e_step import balance, e_step, kl_from_prior, write_choice
 from vdl_diffusion.encoders import FrozenEncoders
 from vdl_diffusion.files import atomic_folder, locked, publish_entries
 from vdl_diffusion.hub import create_hub_repo, push_checkpoint_to_hub, push_pipeline_to_hub, save_model_card
@@ -182,6 +182,11 @@ def parse_args(argv=None):
     g.add_argument("--e_step_beta", type=positive_float, default=0.05, help="β of the E-step's weights w ∝ π exp(-n_latent · L / β).")
     g.add_argument("--e_step_draws", type=positive_int, default=4, help="(timestep, noise) draws per image in the E-step, shared by its candidates.")
     g.add_argument("--e_step_min_timestep", type=non_negative_int, default=800, help="The E-step's draws are at timesteps from this one.")
+    g.add_argument(
+        "--e_step_balance", action="store_true",
+        help="Scale each bank text's chosen weight, over all images, back to its total under the prior: the E-step then moves texts "
+        "to the images they fit without using texts that say more more often (vdl_diffusion/e_step.py `balance`; docs/text_bank.md).",
+    )
     g.add_argument("--beta", type=non_negative_float, default=1.0, help="Weight of the KL term.")
     g.add_argument("--beta_warmup_steps", type=non_negative_int, default=0, help="Linear warm-up of beta from 0 over this many steps.")
     g.add_argument("--caption_weight", type=non_negative_float, default=1.0, help="λ on -log q(t* | x, y) for captioned images.")
@@ -307,6 +312,8 @@ def check_args(parser, args):
     if args.e_step_at and (args.prior != "text-bank" or args.method not in ("vdl", "prior-sample") or args.no_cache):
         parser.error("--e_step_at reweighs the text-bank prior's candidates of each cached image: use it with --prior text-bank, "
                      "--method vdl or prior-sample, and without --no_cache.")  # fmt: skip
+    if args.e_step_balance and not args.e_step_at:
+        parser.error("--e_step_balance balances the E-step's choice: add --e_step_at STEP.")
     if args.e_step_at and args.max_train_steps and args.e_step_at >= args.max_train_steps:
         parser.error(f"--e_step_at {args.e_step_at:g} is not before the run's end (--max_train_steps {args.max_train_steps}): choose an earlier step.")
     if args.e_step_min_timestep >= (timesteps := build_noise_scheduler(args.prediction_type).config.num_train_timesteps):
@@ -595,7 +602,7 @@ def choose_candidates(args, accelerator, elbo, ema_unet, train_dataset, step) ->
     model = accelerator.unwrap_model(elbo)
     logger.info(
         f"E-step at step {step}: the UNet scores each of {len(train_dataset)} images' top-{args.bank_top_k} candidates over "
-        f"{args.e_step_draws} draws at timesteps ≥ {args.e_step_min_timestep}, β = {args.e_step_beta:g}."
+        f"{args.e_step_draws} draws at timesteps ≥ {args.e_step_min_timestep}, β = {args.e_step_beta:g}{', balanced' if args.e_step_balance else ''}."
     )
     generator = torch.Generator(accelerator.device).manual_seed(args.seed + accelerator.process_index)
     model.eval()
@@ -611,6 +618,10 @@ def choose_candidates(args, accelerator, elbo, ema_unet, train_dataset, step) ->
         choice = np.empty_like(log_w, shape=(len(train_dataset), log_w.shape[1]))
         for part_rows, part in parts:
             choice[part_rows] = part
+        if args.e_step_balance:
+            candidates = train_dataset.candidate_rows()
+            log_pi = torch.log_softmax(torch.from_numpy(candidates["logit"].copy()), -1)
+            choice = balance(torch.from_numpy(choice), log_pi, torch.from_numpy(candidates["index"].astype(np.int64))).float().numpy()
         (Path(args.output_dir) / "e_step").mkdir(exist_ok=True)
         write_choice(Path(args.output_dir) / name, train_dataset, choice)
         logger.info(f"E-step done: KL(w || π) = {kl_from_prior(train_dataset, choice):.3f} nats per image; conditions come from {name} from now on.")

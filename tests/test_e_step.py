@@ -12,7 +12,7 @@ from test_text_bank import cache  # noqa: F401 (a fixture)
 from test_train import generates, launch, weights, world  # noqa: F401 (world is a fixture)
 from torch import nn
 
-from vdl_diffusion.e_step import choose, e_step, kl_from_prior, write_choice
+from vdl_diffusion.e_step import balance, choose, e_step, kl_from_prior, write_choice
 from vdl_diffusion.models import build_noise_scheduler
 from vdl_diffusion.priors import TextBankPrior
 from vdl_diffusion.testing_utils import CORPUS
@@ -32,6 +32,29 @@ def test_choosing_keeps_each_groups_prior_mass_and_follows_the_loss_within_it():
     assert free[0, 2:].sum() > pi[0, 2:].sum()  # without groups, mass moves to the group with the lower losses
     torch.testing.assert_close(free, torch.softmax(log_pi - 10 * losses, -1))
     torch.testing.assert_close(choose(log_pi, losses, 10, float("inf"), None), log_pi)  # β = ∞: the prior
+
+
+def text_totals(log_w, entries, num_texts):
+    return torch.zeros(num_texts, dtype=torch.float64).index_add_(0, torch.as_tensor(entries).flatten(), torch.as_tensor(log_w).double().exp().flatten())
+
+
+def test_balancing_gives_each_text_its_prior_total_on_the_images_the_choice_prefers():
+    generator = torch.Generator().manual_seed(0)
+    entries = torch.stack([torch.randperm(60, generator=generator)[:8] for _ in range(500)])  # 500 images, 8 of 60 texts each
+    log_pi = torch.log_softmax(torch.randn(500, 8, generator=generator), -1)
+    log_w = torch.log_softmax(log_pi + 3 * torch.randn(500, 8, generator=generator), -1)  # a choice that favours some texts
+    balanced = balance(log_w, log_pi, entries)
+    prior_totals = text_totals(log_pi, entries, 60)
+    assert (text_totals(log_w, entries, 60) - prior_totals).abs().max() > 1  # the choice moved whole images' worth of mass
+    torch.testing.assert_close(text_totals(balanced, entries, 60), prior_totals, atol=1e-6, rtol=0)
+    torch.testing.assert_close(balanced.exp().sum(-1), torch.ones(500, dtype=torch.float64))
+    # log w' - log w = u[text] - log Z[image]: one factor per text (so each text goes to the images whose choice
+    # preferred it) and one normaliser per image. Fitted by least squares, it leaves no residual.
+    design = torch.cat([nn.functional.one_hot(entries.flatten(), 60), nn.functional.one_hot(torch.arange(500).repeat_interleave(8), 500)], 1)
+    change = (balanced - log_w.double()).flatten()
+    fit = torch.linalg.lstsq(design.double(), change[:, None]).solution
+    assert (design.double() @ fit - change[:, None]).abs().max() < 1e-6
+    torch.testing.assert_close(balance(log_pi, log_pi, entries), log_pi.double(), atol=1e-6, rtol=0)  # the prior is balanced
 
 
 class PrefersOneText(nn.Module):
@@ -155,14 +178,20 @@ def test_train_py_makes_the_e_step_and_a_run_resumed_after_it_reads_the_choice(w
 
 @pytest.mark.slow
 def test_two_processes_share_the_e_step(world, tmp_path):  # noqa: F811
-    """Each process scores its share of the images; the choice covers every image and both end in sync.
-    ``--e_step_at 0.5``: half of the run."""
-    result = launch(world, tmp_path / "out", *e_step_args(tmp_path, "--max_train_steps", "6", "--e_step_at", "0.5", "--train_batch_size", "4"),
-                    num_processes=2)  # fmt: skip
+    """Each process scores its share of the images; the choice covers every image, balanced over all of them
+    (each text keeps its total under the prior's weights in the cache), and both end in sync. ``--e_step_at
+    0.5``: half of the run."""
+    args = e_step_args(tmp_path, "--max_train_steps", "6", "--e_step_at", "0.5", "--train_batch_size", "4", "--e_step_balance")
+    result = launch(world, tmp_path / "out", *args, num_processes=2)
     checksums = [float(v) for v in re.findall(r"Weight checksum per process: \[([^\]]+)\]", result.stderr)[-1].split(",")]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     choice = np.load(tmp_path / "out" / "e_step" / "choice-step000003.npy")
     assert choice.shape == (40, 8) and np.allclose(np.exp(choice["logit"]).sum(-1), 1, atol=1e-5)
+    (prior,) = [rows for rows in map(np.load, (world / "cache").rglob("bank-top8*.npy")) if np.array_equal(rows["index"], choice["index"])]
+    entries, num_texts = torch.from_numpy(prior["index"].astype(np.int64)), len(CORPUS)
+    log_pi = torch.log_softmax(torch.from_numpy(prior["logit"].copy()), -1)
+    torch.testing.assert_close(text_totals(choice["logit"], entries, num_texts), text_totals(log_pi, entries, num_texts), atol=1e-4, rtol=0)
+    assert "balanced" in result.stderr
 
 
 def test_an_e_step_outside_the_run_fails_before_training(world, tmp_path):  # noqa: F811

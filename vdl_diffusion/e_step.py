@@ -15,6 +15,13 @@ loss for the diffusion term. With ``groups`` (e.g. how many attributes a text na
 within each group of candidates, each keeping its prior mass, since the loss rewards a condition that names
 more; train.py chooses among all ``k``, which on the toy world drew what captions ask for better than the
 groups did (docs/text_bank.md).
+
+Each image's choice follows its own loss, so texts that explain more of an image win more often than caption
+writers would use them: on the toy world the choice names the background more often, and more often for some
+backgrounds than others, so the images whose condition leaves it unnamed no longer show the data's mix, and
+the UNet learns a biased image for captions that are silent on it (docs/text_bank.md). ``balance`` takes that
+back without knowing what a text says: it scales each bank text's weight, over all images, until its total is
+the prior's, so the run's conditions use each text as often as the prior does, on the images it fits best.
 """
 
 import math
@@ -104,6 +111,28 @@ def e_step(
         log_w = choose(log_pi, losses, z0[0].numel(), beta, None if groups is None else groups.to(device)[entries])
         log_w_rows[start : start + len(index), :k] = log_w.clamp(min=-1e4).cpu().numpy()
     return log_w_rows
+
+
+def balance(log_w: torch.Tensor, log_pi: torch.Tensor, entries: torch.Tensor, iterations: int = 200) -> torch.Tensor:
+    """``log w'`` (n, k): ``w'_ij ∝ w_ij exp(u_t)`` for the bank text ``t = entries[i, j]``, with one ``u`` per text
+    found by Sinkhorn's iterations so that every text's total weight over the ``n`` images is its total under
+    ``π``: the choice moves each text to the images it fits, but uses it as often as the prior. ``log w``,
+    ``log π`` and ``entries`` (n, k) over the same candidates; in float64."""
+    texts, text_of = entries.flatten().unique(return_inverse=True)
+
+    def log_total(log_weights: torch.Tensor) -> torch.Tensor:  # per text, without underflow
+        flat = log_weights.flatten()
+        peak = torch.full((len(texts),), -torch.inf, dtype=flat.dtype, device=flat.device).scatter_reduce(0, text_of, flat, "amax")
+        return peak + torch.zeros_like(peak).index_add_(0, text_of, (flat - peak[text_of]).exp()).log()
+
+    def scaled(u: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(log_w + u[text_of].view_as(log_w), -1)
+
+    log_w, log_pi = log_w.double(), log_pi.double()
+    log_target, u = log_total(log_pi), torch.zeros(len(texts), dtype=torch.float64, device=log_w.device)
+    for _ in range(iterations):
+        u += log_target - log_total(scaled(u))
+    return scaled(u)
 
 
 def write_choice(path, dataset: BankCandidates, log_w: np.ndarray) -> None:
