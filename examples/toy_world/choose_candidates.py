@@ -119,13 +119,14 @@ def main():
     print(json.dumps(summary, indent=1))
 
 
-def truth(logits: np.ndarray, entries: np.ndarray, images: np.ndarray, labels: dict, read: list[dict]) -> dict[str, float]:
+def truth(logits: np.ndarray, entries: np.ndarray, images: np.ndarray, labels: dict, read: list[dict]) -> dict:
     """Over one draw of each image's candidates from ``softmax(logits)``: how often a named position is right,
     how often the candidate is entirely true of the image, how many attributes it names (``read``: each
     bank text's attributes, `ToyWorld.read_caption`), how often it names each attribute and, for the images
     whose condition leaves an attribute unnamed, the total-variation distance of their values of it from the
-    data's. Caption writers name an attribute whatever its value (distance 0): a choice that names some
-    values more readily teaches the UNet a biased image for the captions that name none."""
+    data's, and how often it is named for each of its values. Caption writers name an attribute whatever its
+    value (distance 0): a choice that names some values more readily teaches the UNet a biased image for the
+    captions that name none."""
     w = torch.softmax(torch.tensor(logits, dtype=torch.float32), -1).numpy()
     named_position = right_position = entirely = named = 0.0
     names = dict.fromkeys(ATTRIBUTE_NAMES, 0.0)
@@ -144,11 +145,13 @@ def truth(logits: np.ndarray, entries: np.ndarray, images: np.ndarray, labels: d
             if "position" in right:
                 named_position += w[row, j]
                 right_position += w[row, j] * right["position"]
-    data = {a: np.bincount(labels[a][images], minlength=len(ATTRIBUTES[a])) / len(images) for a in ATTRIBUTE_NAMES}
+    count = {a: np.bincount(labels[a][images], minlength=len(ATTRIBUTES[a])) for a in ATTRIBUTE_NAMES}
+    data = {a: c / len(images) for a, c in count.items()}
     return {
         "position": float(right_position / named_position), "entirely true": float(entirely / len(images)),
         "attributes named": float(named / len(images)), **{f"names {a}": float(n / len(images)) for a, n in names.items()},
         **{f"unnamed {a}: TV from data": float(0.5 * np.abs(unnamed[a] / unnamed[a].sum() - data[a]).sum()) for a in ATTRIBUTE_NAMES},
+        **{f"names {a}, by the image's {a}": dict(zip(ATTRIBUTES[a], (1 - unnamed[a] / count[a]).round(3).tolist())) for a in ATTRIBUTE_NAMES},
     }
 
 

@@ -7,7 +7,8 @@ CLIP: matched image–caption cosine, modality gap ||mean image emb − mean tex
 embeddings), text→image top-1 among 256 (exact image, and an image that agrees with everything the
 caption says), per-attribute zero-shot accuracy, and per attribute a linear probe on the image
 embeddings (what they carry, whatever the prompts). VAE: reconstruction MSE/PSNR and the oracle's
-accuracy on reconstructions. Oracle: accuracy per attribute on held-out world images.
+accuracy on reconstructions. Oracle: accuracy per attribute on held-out world images, and the FD of real
+images against real images at the benchmark's size (the floor under a model's oracle FD).
 """
 
 import argparse
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizerFast
 
+from vdl_diffusion.evaluation import frechet_distance
 from vdl_diffusion.toy import ATTRIBUTE_NAMES, TOY_CLIP, TOY_ORACLE, TOY_VAE, ToyOracle, ToyWorld
 
 REPORT_STREAM = 7  # "eval" split stream the report reads
@@ -115,10 +117,20 @@ def oracle_accuracy(oracle: ToyOracle, pixels: torch.Tensor, labels: dict[str, n
     return {f"oracle accuracy {a}": (predicted[a].numpy() == labels[a]).mean() for a in ATTRIBUTE_NAMES}
 
 
-def oracle_statistics(oracle_dir, world: ToyWorld, n: int) -> dict[str, float]:
+@torch.no_grad()
+def oracle_statistics(oracle_dir, world: ToyWorld, n: int, fd_samples: int = 256) -> dict[str, float]:
+    """Accuracy, and the oracle FD of real images against other real images at the benchmark's size (256 per
+    sampling seed): the floor under every model's FD, since a Fréchet distance from a few hundred samples is
+    biased upwards."""
     oracle = ToyOracle.from_pretrained(oracle_dir).eval()
     batch = world.sample(n, "eval", rng=REPORT_STREAM)
-    return oracle_accuracy(oracle, ToyOracle.to_pixels(batch.images), batch.labels)
+    pixels = ToyOracle.to_pixels(batch.images)
+    stats = oracle_accuracy(oracle, pixels, batch.labels)
+    features = torch.cat([oracle.features(p) for p in pixels.split(512)]).split(fd_samples)
+    floor = [frechet_distance(a, b) for a, b in zip(features[0:-1:2], features[1::2]) if len(b) == fd_samples]
+    stats[f"FD real vs real, {fd_samples} each (mean of {len(floor)})"] = float(np.mean(floor))
+    stats[f"FD real vs real, {fd_samples} each (std)"] = float(np.std(floor, ddof=1))
+    return stats
 
 
 @torch.no_grad()

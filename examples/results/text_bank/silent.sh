@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Issue 13: what the generated images show where the caption is silent (evaluate_toy's {attribute}_silent_tv),
+# beside the oracle FD. Each silent/NAME.json comes from a finished run of the benchmark (RUN = its
+# runs/<method> folder), evaluated on the benchmark's captions and noise:
+#   python examples/evaluate.py RUN --world_seed S --seeds 0 1 --num_samples 256 --output silent/NAME.json
+# Writes silent.md beside this script from the JSON files.
+cd "$(dirname "$0")"
+python - <<'PY' | tee silent.md
+import json
+from pathlib import Path
+
+ROWS = [  # (label, file stem), in table order
+    ("supervised (real captions)", "supervised"),
+    ("vdl, top 8, no E-step", "top8"),
+    ("vdl, top 8, E-step among all 8 (make toy)", "e-step-no-groups"),
+    ("the same, balanced (--e_step_balance)", "e-step-balanced"),
+    ("the same with --use_ema", "e-step-ema"),
+    ("two stages: prior-sample on a finished run's choice", "choice"),
+]
+print("| run | seed | oracle FD ↓ | silent colour TV ↓ | silent position TV ↓ | silent background TV ↓ |")
+print("|---|---|---|---|---|---|")
+for label, stem in ROWS:
+    for seed in (0, 1):
+        path = Path("silent") / f"seed{seed}-{stem}.json"
+        if path.is_file():
+            m = json.loads(path.read_text())["metrics"]
+            cells = [f"{m['oracle_fd']['value']:.0f} ± {m['oracle_fd']['se']:.0f}"]
+            cells += [f"{m[f'{a}_silent_tv']['value']:.2f} ± {m[f'{a}_silent_tv']['se']:.2f} (n = {m[f'{a}_silent_tv']['n']})" for a in ("colour", "position", "background")]
+            print(f"| {label} | {seed} | " + " | ".join(cells) + " |")
+PY
