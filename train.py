@@ -100,6 +100,11 @@ def parse_args(argv=None):
     g = p.add_argument_group("data (default: the toy world's training images, without captions)")
     g.add_argument("--dataset_name", help="A Hugging Face Hub dataset of images, or a folder written by datasets' save_to_disk.")
     g.add_argument("--toy_train_images", type=positive_int, default=20000, help="Size of the toy world's training split (the default data).")
+    g.add_argument(
+        "--toy_world_seed", type=int,
+        help="The toy world to train on (default: --seed). With it, other --seed values retrain the same world from other initial "
+        "weights, data order and noise, which is how far retraining alone moves a figure.",
+    )
     g.add_argument("--dataset_config_name", help="The dataset's configuration, if it has several.")
     g.add_argument("--train_data_dir", help="A local image folder (datasets' imagefolder layout).")
     g.add_argument("--image_column", default="image", help="Column holding the images.")
@@ -260,6 +265,8 @@ def check_args(parser, args):
     """Fail before any model loads on flags that cannot work together."""
     if args.max_train_steps is None and args.num_train_epochs is None:
         args.max_train_steps = DEFAULT_MAX_TRAIN_STEPS  # otherwise main() counts it from the epochs, once the data is known
+    if args.toy_world_seed is None:
+        args.toy_world_seed = args.seed
     if args.dataset_name and args.train_data_dir:
         parser.error("Give --dataset_name or --train_data_dir, not both.")
     if args.streaming and args.no_cache:
@@ -674,7 +681,7 @@ def build_models(args, encoders):
         if args.prior == "learned":
             prior = saved_part(LearnedPrior, source, "prior", args)
         if prior is None and args.prior == "text-bank":
-            texts = load_texts(args.prior_texts) if args.prior_texts else ToyWorld(args.seed).text_corpus()
+            texts = load_texts(args.prior_texts) if args.prior_texts else ToyWorld(args.toy_world_seed).text_corpus()
             prior = TextBankPrior.from_texts(
                 texts, encoders.encode_text, logit_scale=args.logit_scale, concentration=args.bank_concentration, top_k=args.bank_top_k
             )
@@ -682,7 +689,7 @@ def build_models(args, encoders):
         if prior is None:
             text_cone = None
             if args.prior == "clip-gap":
-                texts = load_texts(args.prior_texts) if args.prior_texts else ToyWorld(args.seed).prior_texts()
+                texts = load_texts(args.prior_texts) if args.prior_texts else ToyWorld(args.toy_world_seed).prior_texts()
                 text_cone = estimate_text_cone(texts, encoders.tokenizer, encoders.text_encoder)
                 logger.info(f"Text cone from {len(texts)} unpaired texts: κ_T = {text_cone[1]:.1f}.")
             prior = build_prior(args.prior, embedding_dim, logit_scale=args.logit_scale, text_cone=text_cone)
@@ -755,7 +762,7 @@ def toy_train_dataset(accelerator, args) -> Path:
     No captions are read unless a method needs them. The folder is named by the world's fingerprint
     and size; the lock makes a second run that needs it wait for the first one's, not rebuild it.
     """
-    world = ToyWorld(args.seed)
+    world = ToyWorld(args.toy_world_seed)
     folder = Path(args.embedding_cache_dir, f"toy-world-{world.fingerprint()}-{args.toy_train_images}")
     if accelerator.is_main_process:
         with locked(folder):

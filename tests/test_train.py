@@ -190,6 +190,10 @@ def test_without_data_it_trains_on_the_toy_world_saved_once_under_hf_home(world,
     main_process = types.SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
     images = toy_train_dataset(main_process, parse_args(["--toy_train_images", "16", "--embedding_cache_dir", str(cache)]))
     assert images == cache / f"toy-world-{ToyWorld(0).fingerprint()}-16"
+    # Another training seed on the same world finds the same images; without --toy_world_seed, --seed picks the world.
+    retrain = parse_args(["--toy_train_images", "16", "--embedding_cache_dir", str(cache), "--seed", "1", "--toy_world_seed", "0"])
+    assert toy_train_dataset(main_process, retrain) == images
+    assert parse_args(["--seed", "1"]).toy_world_seed == 1 and ToyWorld(1).fingerprint() != ToyWorld(0).fingerprint()
     assert is_saved_dataset(images) and len(datasets.load_from_disk(str(images))) == 16
     assert not list(home.rglob("*.png")) and not list(cache.glob(".*partial"))
 
