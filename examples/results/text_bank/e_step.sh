@@ -5,7 +5,9 @@
 #       --extra_train_args="--prior text-bank --posterior_family bank_mixture --bank_top_k 8 --e_step_at 3000"
 #   and the same with --e_step_draws 2, or with the bank given as a file (--prior_texts FILE, written by
 #   examples/toy_world/write_corpus.py --seed S: the same bank, but no mention groups, as on a user's texts),
-#   each resuming the first run's checkpoint-3000 (the steps before the E-step are the same);
+#   each resuming the first run's checkpoint-3000 (the steps before the E-step are the same); train.py's E-step
+#   among all 8 at 0.5 (make toy's TOY_ARGS) with --e_step_balance (resuming the same checkpoint), and with
+#   --use_ema (from the start);
 # what each choice trains on (the ground truth; seed{0,1}-e-step*/e_step_truth.json):
 #   python examples/toy_world/choose_candidates.py --run DIR/runs/vdl --cache DIR/cache/<folder> --seed S \
 #       --truth_of DIR/runs/vdl/e_step/choice-step003125.npy
@@ -25,5 +27,9 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "the same, 2 draws per image=$R/text_bank/seed1-e-step-2draws/results.json:vdl" \
   "vdl, top 8, E-step at 3000, among all 8 (make toy)=$R/text_bank/seed0-e-step-no-groups/results.json:vdl" \
   "vdl, top 8, E-step at 3000, among all 8 (make toy)=$R/text_bank/seed1-e-step-no-groups/results.json:vdl" \
+  "the same, balanced (--e_step_balance)=$R/text_bank/seed0-e-step-balanced/results.json:vdl" \
+  "the same, balanced (--e_step_balance)=$R/text_bank/seed1-e-step-balanced/results.json:vdl" \
+  "the same with --use_ema=$R/text_bank/seed0-e-step-ema/results.json:vdl" \
+  "the same with --use_ema=$R/text_bank/seed1-e-step-ema/results.json:vdl" \
   "two stages: prior-sample on a finished run's choice=$R/text_bank/seed0-choice/results.json:prior-sample" \
   "two stages: prior-sample on a finished run's choice=$R/text_bank/seed1-choice/results.json:prior-sample"
