@@ -51,7 +51,8 @@ def parse_args():
     parser.add_argument("--into", type=Path, help="the M-step's cache folder, whose top-k file takes the chosen weights")
     parser.add_argument(
         "--truth_of", type=Path,
-        help="instead of an E-step: the ground truth of a choice already made, e.g. RUN/e_step/choice-step*.npy of a train.py --e_step_at run",
+        help="instead of an E-step: the ground truth of a choice already made, e.g. RUN/e_step/choice-step*.npy of a train.py --e_step_at "
+        "run, or 'posterior': the run's trained bank-mixture posterior's weights, on the prior's weights as the cache holds them",
     )
     parser.add_argument("--k", type=int, default=8, help="candidates scored per image (the prior's most probable)")
     parser.add_argument("--draws", type=int, default=4, help="(timestep, noise) draws per image, shared by its candidates")
@@ -72,7 +73,7 @@ def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(args.seed)
-    _, prior, texts = load_run(args.run, args.seed)
+    posterior, prior, texts = load_run(args.run, args.seed)
     if texts is None:
         raise SystemExit(f"{args.run} was not trained with a text-bank prior whose texts this script can read.")
     training_args = json.loads((args.run / "training_args.json").read_text())
@@ -86,10 +87,15 @@ def main():
     images = image_order(args.cache)  # train.py's toy training split, whose labels the world redraws
     labels = ToyWorld(args.seed).sample_labels(len(images), "train")
     if args.truth_of:
-        rows, choice = np.load(top_k_file, mmap_mode="r"), np.load(args.truth_of)
-        if not np.array_equal(choice["index"], rows["index"]):
-            raise SystemExit(f"{args.truth_of} lists other candidates than {top_k_file}: not a choice for this cache.")
-        report = {name: truth(logits, rows["index"], images, labels, read) for name, logits in (("prior", rows["logit"]), ("chosen", choice["logit"]))}
+        rows = np.load(top_k_file, mmap_mode="r")
+        if str(args.truth_of) == "posterior":
+            chosen = posterior_weights(posterior, prior, BankCandidates(CachedEmbeddingDataset(args.cache), top_k_file), args.batch_images)
+        else:
+            choice = np.load(args.truth_of)
+            if not np.array_equal(choice["index"], rows["index"]):
+                raise SystemExit(f"{args.truth_of} lists other candidates than {top_k_file}: not a choice for this cache.")
+            chosen = choice["logit"]
+        report = {name: truth(logits, rows["index"], images, labels, read) for name, logits in (("prior", rows["logit"]), ("chosen", chosen))}
         print(json.dumps(report, indent=1))
         return
     if args.into.resolve() == args.cache.resolve() or not (args.into / top_k_file.name).is_file():
@@ -153,6 +159,18 @@ def truth(logits: np.ndarray, entries: np.ndarray, images: np.ndarray, labels: d
         **{f"unnamed {a}: TV from data": float(0.5 * np.abs(unnamed[a] / unnamed[a].sum() - data[a]).sum()) for a in ATTRIBUTE_NAMES},
         **{f"names {a}, by the image's {a}": dict(zip(ATTRIBUTES[a], (1 - unnamed[a] / count[a]).round(3).tolist())) for a in ATTRIBUTE_NAMES},
     }
+
+
+def posterior_weights(posterior, prior, dataset: BankCandidates, batch_images: int) -> np.ndarray:
+    """``log w`` (N, k) of a trained bank-mixture posterior for every cached image, as train.py draws them."""
+    rows, log_w = dataset.candidate_rows(), []
+    for start in range(0, len(dataset), batch_images):
+        batch = dataset.dataset.__getitems__(list(range(start, min(start + batch_images, len(dataset)))))
+        y, features = (torch.stack([row[key] for row in batch]).float() if key in batch[0] else None for key in ("y", "features"))
+        part = rows[start : start + len(batch)]
+        p = prior(y, torch.from_numpy(part["index"].astype(np.int64)), torch.from_numpy(part["logit"].copy()))
+        log_w.append(torch.log_softmax(posterior(y, features, p).mixture_distribution.logits, -1))
+    return torch.cat(log_w).numpy()
 
 
 def image_order(folder: Path) -> np.ndarray:
