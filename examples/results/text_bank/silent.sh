@@ -3,7 +3,7 @@
 # beside the oracle FD. Each silent/NAME.json comes from a finished run of the benchmark (RUN = its
 # runs/<method> folder), evaluated on the benchmark's captions and noise:
 #   python examples/evaluate.py RUN --world_seed S --seeds 0 1 --num_samples 256 --output silent/NAME.json
-# (The balanced runs' files are their runs/vdl/benchmark_metrics.json: the benchmark made the same evaluation.)
+# (The balanced and retrained runs' files are their runs/vdl/benchmark_metrics.json: the benchmark made the same evaluation.)
 # Writes silent.md beside this script from the JSON files.
 cd "$(dirname "$0")"
 python - <<'PY' | tee silent.md
@@ -17,6 +17,7 @@ ROWS = [  # (label, file stem), in table order
     ("vdl, top 8, E-step among all 8 (make toy)", "e-step-no-groups"),
     ("the same, balanced (--e_step_balance)", "e-step-balanced"),
     ("the same with --use_ema", "e-step-ema"),
+    ("the same retrained (training seed 10 / 11)", "e-step-retrained"),
     ("two stages: prior-sample on a finished run's choice", "choice"),
 ]
 print("| run | seed | oracle FD ↓ | silent colour TV ↓ | silent position TV ↓ | silent background TV ↓ |")
