@@ -23,6 +23,7 @@ On real data:
 """
 
 import argparse
+import functools
 import importlib.util
 import json
 import logging
@@ -463,9 +464,9 @@ def main(args):
     total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if args.scale_lr:
         args.learning_rate *= total_batch_size
-    optimizer = adamw_class(args.use_8bit_adam)(
+    optimizer = adamw(args.use_8bit_adam, accelerator.device)(
         [p for p in elbo.parameters() if p.requires_grad], lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, **adamw_kwargs(args.use_8bit_adam, accelerator.device),
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
     )
     train_dataloader = torch.utils.data.DataLoader(
         train_dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
@@ -734,19 +735,17 @@ def load_pretrained_unet(args, revision: str | None) -> UNet2DConditionModel:
     return UNet2DConditionModel.from_pretrained(source, subfolder=subfolder, **{**hub_kwargs(args), "revision": revision})
 
 
-def adamw_class(use_8bit_adam: bool) -> type[torch.optim.Optimizer]:
-    """torch's AdamW, or bitsandbytes' 8-bit AdamW (same arguments, optimizer states in 8 bits)."""
-    if not use_8bit_adam:
-        return torch.optim.AdamW
-    import bitsandbytes
+def adamw(use_8bit_adam: bool, device: torch.device):
+    """The AdamW class to build: bitsandbytes' 8-bit one (same arguments, states in 8 bits, its own kernels), or torch's,
+    fused where torch has the kernel (CPU, CUDA): one kernel over all parameters and no host read of the step
+    counters, 1.05× a tiny UNet's step on the CPU (docs/performance.md)."""
+    if use_8bit_adam:
+        import bitsandbytes
 
-    return bitsandbytes.optim.AdamW8bit
-
-
-def adamw_kwargs(use_8bit_adam: bool, device: torch.device) -> dict:
-    """torch's fused AdamW where it has the kernel (CPU, CUDA): one kernel over all parameters and no
-    host read of the step counters. 1.05× a tiny UNet's step on the CPU (docs/performance.md)."""
-    return {"fused": True} if not use_8bit_adam and device.type in FUSED_ADAMW_DEVICES else {}
+        return bitsandbytes.optim.AdamW8bit
+    if device.type in FUSED_ADAMW_DEVICES:
+        return functools.partial(torch.optim.AdamW, fused=True)
+    return torch.optim.AdamW
 
 
 def validate(args, accelerator, elbo, ema_unet, encoders, step):

@@ -338,7 +338,7 @@ class TrainingStep:
         if channels_last:
             unet.to(memory_format=torch.channels_last)
         self.parameters = [p for p in self.elbo.parameters() if p.requires_grad]
-        # Fused, as train.py's AdamW on the CPU and CUDA (its `adamw_kwargs`).
+        # Fused, as train.py's AdamW on the CPU and CUDA (its `adamw`).
         self.optimizer = torch.optim.AdamW(self.parameters, lr=3e-4, weight_decay=1e-2, **{"fused": True, **(adamw or {})})
         self.ema = EMAModel(unet.parameters(), decay=0.999, foreach=ema_foreach)
         self.ema.to(device)

@@ -317,7 +317,7 @@ class _HostReads(torch.overrides.TorchFunctionMode):
 @pytest.mark.parametrize("fused", [True, False])
 def test_a_training_step_reads_nothing_back_from_the_device_with_fused_adamw(fused, monkeypatch):
     """The make toy step (text-bank prior, bank-mixture posterior): forward, backward, gradient clipping and
-    AdamW as train.py builds it (`adamw_kwargs`: fused) read no tensor back; torch's for-loop AdamW reads its
+    AdamW as train.py builds it (`adamw`: fused) read no tensor back; torch's for-loop AdamW reads its
     step counters, one per parameter."""
     monkeypatch.setattr(torch.distributions.Distribution, "_validate_args", False)  # as train.py sets it
     elbo, prior = _text_bank_elbo("vdl", "bank_mixture")

@@ -404,28 +404,29 @@ def test_the_flags_of_diffusers_scripts_mean_what_they_mean_there():
 
 def test_use_8bit_adam_takes_bitsandbytes_adamw(monkeypatch):
     sys.path.insert(0, str(ROOT))
-    from train import adamw_class
+    from train import adamw
 
     class AdamW8bit(torch.optim.AdamW):
         pass
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", types.SimpleNamespace(optim=types.SimpleNamespace(AdamW8bit=AdamW8bit)))
-    assert adamw_class(True) is AdamW8bit and adamw_class(False) is torch.optim.AdamW
+    assert adamw(True, torch.device("cuda")) is AdamW8bit  # bitsandbytes has its own kernels
+    assert adamw(False, torch.device("meta")) is torch.optim.AdamW
 
 
 def test_adamw_is_fused_where_torch_has_the_kernel_and_takes_the_same_steps():
     sys.path.insert(0, str(ROOT))
-    from train import adamw_kwargs
+    from train import adamw
 
-    assert adamw_kwargs(False, torch.device("cpu")) == {"fused": True} == adamw_kwargs(False, torch.device("cuda"))
-    assert adamw_kwargs(True, torch.device("cuda")) == {}  # bitsandbytes has its own kernels
-    assert adamw_kwargs(False, torch.device("meta")) == {}
+    for device in ("cpu", "cuda"):
+        fused_adamw = adamw(False, torch.device(device))
+        assert fused_adamw.func is torch.optim.AdamW and fused_adamw.keywords == {"fused": True}
     torch.manual_seed(0)
     reference = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.SiLU(), torch.nn.Linear(16, 1))
     fused, initial = copy.deepcopy(reference), copy.deepcopy(reference)
     optimizers = [
-        torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2, **kwargs)
-        for model, kwargs in ((reference, {}), (fused, adamw_kwargs(False, torch.device("cpu"))))
+        make(model.parameters(), lr=1e-2, weight_decay=1e-2)
+        for model, make in ((reference, torch.optim.AdamW), (fused, adamw(False, torch.device("cpu"))))
     ]
     for _ in range(5):
         x = torch.randn(4, 8)
