@@ -9,6 +9,8 @@
 #   among all 8 at 0.5 (make toy's TOY_ARGS) with --e_step_balance (resuming the same checkpoint), and with
 #   --use_ema (from the start); and make toy's setting retrained from the start with training seed 10 / 11 on
 #   worlds 0 / 1 (--extra_train_args "... --seed 1S --toy_world_seed S"), to see what retraining alone moves;
+#   and prior-sample (no posterior network) with the same E-step (--methods prior-sample, "--prior text-bank
+#   --bank_top_k 8 --e_step_at 0.5");
 # what each choice trains on (the ground truth; seed{0,1}-e-step*/e_step_truth.json):
 #   python examples/toy_world/choose_candidates.py --run DIR/runs/vdl --cache DIR/cache/<folder> --seed S \
 #       --truth_of DIR/runs/vdl/e_step/choice-step003125.npy
@@ -34,5 +36,7 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "the same with --use_ema=$R/text_bank/seed1-e-step-ema/results.json:vdl" \
   "make toy's setting retrained (training seed 10 / 11)=$R/text_bank/world0-seed10-e-step/results.json:vdl" \
   "make toy's setting retrained (training seed 10 / 11)=$R/text_bank/world1-seed11-e-step/results.json:vdl" \
+  "prior-sample on the prior's top 8, with the E-step=$R/text_bank/seed0-prior-sample-e-step/results.json:prior-sample" \
+  "prior-sample on the prior's top 8, with the E-step=$R/text_bank/seed1-prior-sample-e-step/results.json:prior-sample" \
   "two stages: prior-sample on a finished run's choice=$R/text_bank/seed0-choice/results.json:prior-sample" \
   "two stages: prior-sample on a finished run's choice=$R/text_bank/seed1-choice/results.json:prior-sample"

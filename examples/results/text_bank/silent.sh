@@ -3,7 +3,7 @@
 # beside the oracle FD. Each silent/NAME.json comes from a finished run of the benchmark (RUN = its
 # runs/<method> folder), evaluated on the benchmark's captions and noise:
 #   python examples/evaluate.py RUN --world_seed S --seeds 0 1 --num_samples 256 --output silent/NAME.json
-# (The balanced and retrained runs' files are their runs/vdl/benchmark_metrics.json: the benchmark made the same evaluation.)
+# (The balanced, retrained and prior-sample E-step runs' files are their runs/vdl/benchmark_metrics.json: the benchmark made the same evaluation.)
 # Writes silent.md beside this script from the JSON files.
 cd "$(dirname "$0")"
 python - <<'PY' | tee silent.md
@@ -14,6 +14,7 @@ ROWS = [  # (label, file stem), in table order
     ("supervised (real captions)", "supervised"),
     ("vdl, top 8, no E-step", "top8"),
     ("prior-sample on the prior's top 8", "choice-control"),
+    ("the same with the E-step at 0.5", "prior-sample-e-step"),
     ("vdl, top 8, E-step among all 8 (make toy)", "e-step-no-groups"),
     ("the same, balanced (--e_step_balance)", "e-step-balanced"),
     ("the same with --use_ema", "e-step-ema"),
