@@ -52,7 +52,7 @@ from vdl_diffusion.cache import build_or_load_cache
 from vdl_diffusion.checkpoints import find_checkpoint, is_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from vdl_diffusion.conditioning import METHODS
 from vdl_diffusion.data import INTERPOLATION_MODES, is_saved_dataset, load_image_dataset, write_skipped
-from vdl_diffusion.e_step import balance, e_step, kl_from_prior, write_choice
+from vdl_diffusion.e_step import balance_choice, e_step, kl_from_prior, write_choice
 from vdl_diffusion.encoders import FrozenEncoders
 from vdl_diffusion.files import atomic_folder, locked, publish_entries
 from vdl_diffusion.hub import create_hub_repo, push_checkpoint_to_hub, push_pipeline_to_hub, save_model_card
@@ -266,14 +266,16 @@ def check_args(parser, args):
     """Fail before any model loads on flags that cannot work together."""
     if args.max_train_steps is None and args.num_train_epochs is None:
         args.max_train_steps = DEFAULT_MAX_TRAIN_STEPS  # otherwise main() counts it from the epochs, once the data is known
-    if args.toy_world_seed is None:
-        args.toy_world_seed = args.seed
     if args.dataset_name and args.train_data_dir:
         parser.error("Give --dataset_name or --train_data_dir, not both.")
     if args.streaming and args.no_cache:
         parser.error("--streaming reads the stream once, into the embedding cache: drop --no_cache.")
     needs_captions = args.method == "supervised" or args.caption_fraction > 0 or args.prior == "learned"
     toy_world = not (args.dataset_name or args.train_data_dir)
+    if args.toy_world_seed is not None and not toy_world:
+        parser.error("--toy_world_seed picks the toy world to train on: drop it with --dataset_name or --train_data_dir.")
+    if args.toy_world_seed is None:
+        args.toy_world_seed = args.seed
     if needs_captions and not args.caption_column:
         if toy_world:
             args.caption_column = "text"  # the toy world's dataset stores its captions there
@@ -627,9 +629,7 @@ def choose_candidates(args, accelerator, elbo, ema_unet, train_dataset, step) ->
         for part_rows, part in parts:
             choice[part_rows] = part
         if args.e_step_balance:
-            candidates = train_dataset.candidate_rows()
-            log_pi = torch.log_softmax(torch.from_numpy(candidates["logit"].copy()), -1)
-            choice = balance(torch.from_numpy(choice), log_pi, torch.from_numpy(candidates["index"].astype(np.int64))).float().numpy()
+            choice = balance_choice(train_dataset, choice)
         (Path(args.output_dir) / "e_step").mkdir(exist_ok=True)
         write_choice(Path(args.output_dir) / name, train_dataset, choice)
         logger.info(f"E-step done: KL(w || π) = {kl_from_prior(train_dataset, choice):.3f} nats per image; conditions come from {name} from now on.")

@@ -151,8 +151,18 @@ def write_choice(path, dataset: BankCandidates, log_w: np.ndarray) -> None:
     write_atomically(path, write)
 
 
+def balance_choice(dataset: BankCandidates, log_w: np.ndarray) -> np.ndarray:
+    """`balance` of a choice over all of the dataset's images (one row each) against the prior's weights in its top-k file."""
+    entries = torch.from_numpy(dataset.candidate_rows()["index"].astype(np.int64))
+    return balance(torch.from_numpy(log_w), prior_log_weights(dataset), entries).float().numpy()
+
+
 def kl_from_prior(dataset: BankCandidates, log_w: np.ndarray) -> float:
     """The mean ``KL(w || π)`` over images, in nats: how far the choice moved from the prior."""
-    log_pi = torch.log_softmax(torch.from_numpy(dataset.candidate_rows()["logit"].copy()), -1)
-    log_w = torch.from_numpy(log_w)
+    log_pi, log_w = prior_log_weights(dataset), torch.from_numpy(log_w)
     return (log_w.exp() * (log_w - log_pi)).sum(-1).mean().item()
+
+
+def prior_log_weights(dataset: BankCandidates) -> torch.Tensor:
+    """``log π`` (N, k) of every image's candidates, as the dataset's top-k file holds them."""
+    return torch.log_softmax(torch.from_numpy(dataset.candidate_rows()["logit"].copy()), -1)
