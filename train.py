@@ -193,6 +193,17 @@ def parse_args(argv=None):
         help="Scale each bank text's chosen weight, over all images, back to its total under the prior: the E-step then moves texts "
         "to the images they fit without using texts that say more more often (vdl_diffusion/e_step.py `balance`; docs/text_bank.md).",
     )
+    g.add_argument(
+        "--bank_choice",
+        help="With --prior text-bank: draw the conditions from an E-step's choice from the first step, so a fresh model trains on "
+        "a judge's choice (two stages, docs/text_bank.md). A judge run's --output_dir (see --stop_after_e_step) or its "
+        "e_step/choice-stepN.npy; the judge must have used the same cache and --bank_top_k.",
+    )
+    g.add_argument(
+        "--stop_after_e_step", action="store_true",
+        help="End the run with its E-step (--e_step_at) and export the UNet as it is there: a judge, whose choice a run with "
+        "--bank_choice trains a fresh model on.",
+    )
     g.add_argument("--beta", type=non_negative_float, default=1.0, help="Weight of the KL term.")
     g.add_argument("--beta_warmup_steps", type=non_negative_int, default=0, help="Linear warm-up of beta from 0 over this many steps.")
     g.add_argument("--caption_weight", type=non_negative_float, default=1.0, help="λ on -log q(t* | x, y) for captioned images.")
@@ -322,6 +333,13 @@ def check_args(parser, args):
     if args.e_step_at and (args.prior != "text-bank" or args.method not in ("vdl", "prior-sample") or args.no_cache):
         parser.error("--e_step_at reweighs the text-bank prior's candidates of each cached image: use it with --prior text-bank, "
                      "--method vdl or prior-sample, and without --no_cache.")  # fmt: skip
+    if args.bank_choice and (args.prior != "text-bank" or args.method not in ("vdl", "prior-sample") or args.no_cache or args.e_step_at):
+        parser.error("--bank_choice replaces the text-bank prior's weights of each cached image by an E-step's: use it with --prior "
+                     "text-bank, --method vdl or prior-sample, without --no_cache, and without --e_step_at (which makes its own).")  # fmt: skip
+    if args.stop_after_e_step and not args.e_step_at:
+        parser.error("--stop_after_e_step ends the run with its E-step: add --e_step_at STEP.")
+    if args.bank_choice:
+        args.bank_choice = str(e_step_choice(args.bank_choice, parser))
     if args.e_step_balance and not args.e_step_at:
         parser.error("--e_step_balance balances the E-step's choice: add --e_step_at STEP.")
     if args.e_step_at and args.max_train_steps and args.e_step_at >= args.max_train_steps:
@@ -502,6 +520,10 @@ def main(args):
     set_seed(args.seed, device_specific=True)  # from here on, each process draws its own noise
 
     global_step, first_epoch, skip_batches, e_step_file = 0, 0, 0, None
+    if args.bank_choice:
+        train_dataset.use_choice(args.bank_choice, accelerator.device)
+        kl = kl_from_prior(train_dataset, train_dataset.chosen_logits.cpu().numpy())
+        logger.info(f"Conditions come from the E-step's choice {args.bank_choice} (KL(w || π) = {kl:.3f} nats per image).")
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, ema_unet)
         global_step, e_step_file = state["global_step"], state.get("e_step_file")
@@ -530,7 +552,7 @@ def main(args):
     first_nonfinite = torch.tensor(-1, device=accelerator.device)
     window_start, window_steps = time.perf_counter(), 0
     for epoch in range(first_epoch, num_epochs):
-        if global_step >= args.max_train_steps:  # resumed from the final checkpoint: only the export is left
+        if global_step >= args.max_train_steps or (e_step_file and args.stop_after_e_step):  # resumed at the end: only the export is left
             break
         elbo.train()
         train_dataloader.set_epoch(epoch)
@@ -540,6 +562,8 @@ def main(args):
                 e_step_file = choose_candidates(args, accelerator, elbo, ema_unet, train_dataset, global_step)
                 # A checkpoint that knows the choice: a run killed from here on does not score the candidates again.
                 save_checkpoint(accelerator, output_dir, training_state(args, global_step, e_step_file), ema_unet, args.checkpoints_total_limit)
+            if e_step_file and args.stop_after_e_step:
+                break
             with accelerator.accumulate(elbo):
                 batch = train_dataset.prepare_batch(batch, encoders)  # flip choice; encoders run here without a cache
                 beta = beta_at(global_step, args.beta, args.beta_warmup_steps)
@@ -593,9 +617,20 @@ def main(args):
         if args.push_to_hub:
             push_pipeline_to_hub(output_dir, repo_id, token=args.hub_token)
             logger.info(f"Uploaded it to https://huggingface.co/{repo_id}.")
-        logger.info(run_summary(args, global_step))
+        logger.info(run_summary(args, global_step, e_step_file))
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def e_step_choice(given: str, parser) -> Path:
+    """--bank_choice's file: itself, or the one choice a judge run's --output_dir holds."""
+    if (path := Path(given)).is_file():
+        return path
+    choices = sorted(path.glob("e_step/choice-step*.npy"))
+    if len(choices) != 1:
+        found = f"it holds {len(choices)} ({', '.join(c.name for c in choices)})" if choices else "no such folder" if not path.is_dir() else "it holds none"
+        parser.error(f"--bank_choice {given}: give a run's e_step/choice-stepN.npy, or the --output_dir of a run with one E-step; {found}.")
+    return choices[0]
 
 
 def training_state(args, global_step: int, e_step_file: str | None) -> dict:
@@ -799,8 +834,9 @@ def busy_machine_warning(load: float, cores: int, wait_is_set: bool) -> str | No
     )
 
 
-def run_summary(args, step: int) -> str:
-    """The end of the log: where the pipeline, its latest sample grid and the checkpoints are, and how to load the pipeline."""
+def run_summary(args, step: int, e_step_file: str | None = None) -> str:
+    """The end of the log: where the pipeline, its latest sample grid, the checkpoints and a judge's choice are, and how to
+    load the pipeline."""
     folder = Path(args.output_dir).resolve()
     grid, checkpoints = folder / "samples" / "latest.png", list_checkpoints(folder)
     prompt = args.validation_prompts[0] if args.validation_prompts else "a photo of a dog"
@@ -809,6 +845,7 @@ def run_summary(args, step: int) -> str:
         f"  pipeline:    {folder}",
         *([f"  samples:     {grid}"] if grid.is_file() else []),
         *([f"  checkpoints: {checkpoints[-1]} (the run resumes from it with --resume_from_checkpoint latest)"] if checkpoints else []),
+        *([f"  E-step:      {folder / e_step_file} (a fresh run trains on it with --bank_choice {folder})"] if e_step_file and args.stop_after_e_step else []),
         "Load the pipeline and generate an image:",
         "  from vdl_diffusion import VDLPipeline",
         f"  pipe = VDLPipeline.from_pretrained({str(folder)!r})",

@@ -177,6 +177,30 @@ def test_train_py_makes_the_e_step_and_a_run_resumed_after_it_reads_the_choice(w
 
 
 @pytest.mark.slow
+def test_a_judge_stops_at_its_e_step_and_a_fresh_run_trains_on_its_choice(world, tmp_path):  # noqa: F811
+    """Two stages: --stop_after_e_step ends the run with its E-step (resumed, it only exports again); a run given the
+    judge's folder with --bank_choice starts on that choice, and one on another cache's candidates is refused."""
+    judge = e_step_args(tmp_path, "--max_train_steps", "8", "--e_step_at", "3", "--stop_after_e_step")
+    result = launch(world, tmp_path / "judge", *judge)
+    choice = tmp_path / "judge" / "e_step" / "choice-step000003.npy"
+    assert "Done after 3 steps" in result.stderr and f"--bank_choice {tmp_path / 'judge'}" in result.stderr
+    assert [p.name for p in (tmp_path / "judge").glob("checkpoint-*")] == ["checkpoint-3"] and generates(tmp_path / "judge")
+    result = launch(world, tmp_path / "judge", *judge, "--resume_from_checkpoint", "latest")
+    assert "E-step at" not in result.stderr and "Done after 3 steps" in result.stderr
+
+    result = launch(world, tmp_path / "fresh", *e_step_args(tmp_path, "--max_train_steps", "2", "--bank_choice", str(tmp_path / "judge")))
+    (prior,) = [rows for rows in map(np.load, (world / "cache").rglob("bank-top8*.npy")) if np.array_equal(rows["index"], np.load(choice)["index"])]
+    log_pi, log_w = torch.log_softmax(torch.from_numpy(prior["logit"].copy()), -1), torch.from_numpy(np.load(choice)["logit"].copy())
+    kl = (log_w.exp() * (log_w - log_pi)).sum(-1).mean().item()
+    assert kl > 0 and f"Conditions come from the E-step's choice {choice} (KL(w || π) = {kl:.3f} nats per image)" in result.stderr
+    assert "E-step at" not in result.stderr and generates(tmp_path / "fresh")
+    other = e_step_args(tmp_path, "--max_train_steps", "2", "--bank_choice", str(choice))
+    other[other.index("--bank_top_k") + 1] = "4"
+    result = launch(world, tmp_path / "other", *other, check=False)
+    assert result.returncode != 0 and "not a choice made for this cache and prior" in result.stderr
+
+
+@pytest.mark.slow
 def test_two_processes_share_the_e_step(world, tmp_path):  # noqa: F811
     """Each process scores its share of the images; the choice covers every image, balanced over all of them
     (each text keeps its total under the prior's weights in the cache), and both end in sync. ``--e_step_at

@@ -293,6 +293,10 @@ def test_training_continues_from_a_saved_pipeline(world, tmp_path):
         (["--train_data_dir", "images", "--toy_world_seed", "1"], "--toy_world_seed picks the toy world to train on: drop it"),
         (["--prior", "text-bank", "--e_step_balance"], "--e_step_balance balances the E-step's choice: add --e_step_at STEP"),
         (["--prior", "text-bank", "--e_step_at", "2.5"], "argument --e_step_at: must be a whole number of steps or a fraction of the run in (0, 1)"),
+        (["--bank_choice", "judge"], "--bank_choice replaces the text-bank prior's weights of each cached image by an E-step's"),
+        (["--prior", "text-bank", "--bank_choice", "judge", "--e_step_at", "3"], "and without --e_step_at (which makes its own)"),
+        (["--prior", "text-bank", "--bank_choice", "./no/such/run"], "--bank_choice ./no/such/run: give a run's e_step/choice-stepN.npy, or the --output_dir of a run with one E-step; no such folder"),
+        (["--prior", "text-bank", "--stop_after_e_step"], "--stop_after_e_step ends the run with its E-step: add --e_step_at STEP"),
     ]
     + ([(["--use_8bit_adam"], "--use_8bit_adam needs bitsandbytes")] if importlib.util.find_spec("bitsandbytes") is None else [])
     + ([(["--mixed_precision", "fp16"], "fp16 needs a GPU")] if not torch.accelerator.is_available() else []),
