@@ -10,7 +10,12 @@
 #   --use_ema (from the start); and make toy's setting retrained from the start with training seed 10 / 11 on
 #   worlds 0 / 1 (--extra_train_args "... --seed 1S --toy_world_seed S"), to see what retraining alone moves;
 #   and prior-sample (no posterior network) with the same E-step (--methods prior-sample, "--prior text-bank
-#   --bank_top_k 8 --e_step_at 0.5");
+#   --bank_top_k 8 --e_step_at 0.5"); and in two stages inside train.py, a fresh run from the first step on a judge's
+#   choice (--bank_choice JUDGE/e_step/choice-stepN.npy; a judge is a run with --e_step_at 0.5 --stop_after_e_step):
+#   vdl on the balanced run's choice (its E-step at 3000) and on the "among all 8" run's (at 3125), prior-sample
+#   (--methods prior-sample, "--prior text-bank --bank_top_k 8 --bank_choice ...") on the balanced one, and vdl on
+#   the two-stage test's choice (choice.sh: the M-step's cache, whose top-64 file holds the chosen weights, with
+#   "--prior text-bank --posterior_family bank_mixture");
 # what each choice trains on (the ground truth; seed{0,1}-e-step*/e_step_truth.json):
 #   python examples/toy_world/choose_candidates.py --run DIR/runs/vdl --cache DIR/cache/<folder> --seed S \
 #       --truth_of DIR/runs/vdl/e_step/choice-step003125.npy
@@ -39,4 +44,12 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "prior-sample on the prior's top 8, with the E-step=$R/text_bank/seed0-prior-sample-e-step/results.json:prior-sample" \
   "prior-sample on the prior's top 8, with the E-step=$R/text_bank/seed1-prior-sample-e-step/results.json:prior-sample" \
   "two stages: prior-sample on a finished run's choice=$R/text_bank/seed0-choice/results.json:prior-sample" \
-  "two stages: prior-sample on a finished run's choice=$R/text_bank/seed1-choice/results.json:prior-sample"
+  "two stages: prior-sample on a finished run's choice=$R/text_bank/seed1-choice/results.json:prior-sample" \
+  "two stages in train.py: vdl, fresh, on the balanced choice=$R/text_bank/seed0-restart-balanced/results.json:vdl" \
+  "two stages in train.py: vdl, fresh, on the balanced choice=$R/text_bank/seed1-restart-balanced/results.json:vdl" \
+  "two stages in train.py: prior-sample, fresh, on the balanced choice=$R/text_bank/seed0-restart-balanced-prior-sample/results.json:prior-sample" \
+  "two stages in train.py: prior-sample, fresh, on the balanced choice=$R/text_bank/seed1-restart-balanced-prior-sample/results.json:prior-sample" \
+  "two stages in train.py: vdl, fresh, on the choice among all 8=$R/text_bank/seed0-restart-unbalanced/results.json:vdl" \
+  "two stages in train.py: vdl, fresh, on the choice among all 8=$R/text_bank/seed1-restart-unbalanced/results.json:vdl" \
+  "vdl, fresh, on the two-stage test's choice=$R/text_bank/seed0-choice-vdl/results.json:vdl" \
+  "vdl, fresh, on the two-stage test's choice=$R/text_bank/seed1-choice-vdl/results.json:vdl"

@@ -3,7 +3,7 @@
 # beside the oracle FD. Each silent/NAME.json comes from a finished run of the benchmark (RUN = its
 # runs/<method> folder), evaluated on the benchmark's captions and noise:
 #   python examples/evaluate.py RUN --world_seed S --seeds 0 1 --num_samples 256 --output silent/NAME.json
-# (The balanced, retrained and prior-sample E-step runs' files are their runs/vdl/benchmark_metrics.json: the benchmark made the same evaluation.)
+# (The balanced, retrained, prior-sample E-step and fresh two-stage runs' files are their runs/<method>/benchmark_metrics.json: the benchmark made the same evaluation.)
 # Writes silent.md beside this script from the JSON files.
 cd "$(dirname "$0")"
 python - <<'PY' | tee silent.md
@@ -20,6 +20,10 @@ ROWS = [  # (label, file stem), in table order
     ("the same with --use_ema", "e-step-ema"),
     ("the same retrained (training seed 10 / 11)", "e-step-retrained"),
     ("two stages: prior-sample on a finished run's choice", "choice"),
+    ("vdl, fresh, on the same choice", "choice-vdl"),
+    ("two stages in train.py: vdl, fresh, on the balanced choice", "restart-balanced"),
+    ("prior-sample, fresh, on the balanced choice", "restart-balanced-prior-sample"),
+    ("vdl, fresh, on the choice among all 8", "restart-unbalanced"),
 ]
 print("| run | seed | oracle FD ↓ | silent colour TV ↓ | silent position TV ↓ | silent background TV ↓ |")
 print("|---|---|---|---|---|---|")
