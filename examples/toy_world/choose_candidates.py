@@ -22,8 +22,9 @@ the UNet either stays on its prior (β = 1) or collapses onto the candidates tha
   UNet on draws from ``w``. Rows are matched by image; no other run should read that folder.
 
 The E-step is the library's (`vdl_diffusion.e_step`), which train.py also makes inside one run
-(``--e_step_at``: the same UNet then goes on training on ``w``); here it sits between two runs, and the
-M-step trains a fresh UNet. Either departs from the ELBO (a band of timesteps, a frozen judge).
+(``--e_step_at``: the same UNet then goes on training on ``w``), or in two (``--stop_after_e_step``, then
+``--bank_choice``, which reads a choice file instead of a patched cache); here it sits between two runs, and
+the M-step trains a fresh UNet. Either departs from the ELBO (a band of timesteps, a frozen judge).
 """
 
 import argparse
