@@ -15,7 +15,8 @@
 #   vdl on the balanced run's choice (its E-step at 3000) and on the "among all 8" run's (at 3125), prior-sample
 #   (--methods prior-sample, "--prior text-bank --bank_top_k 8 --bank_choice ...") on the balanced one, and vdl on
 #   the two-stage test's choice (choice.sh: the M-step's cache, whose top-64 file holds the chosen weights, with
-#   "--prior text-bank --posterior_family bank_mixture");
+#   "--prior text-bank --posterior_family bank_mixture"); and vdl and prior-sample on the prior's top 8 (no E-step)
+#   retrained on world 0 with training seed 10 (--seed 0, "... --bank_top_k 8 --seed 10 --toy_world_seed 0");
 # what each choice trains on (the ground truth; seed{0,1}-e-step*/e_step_truth.json):
 #   python examples/toy_world/choose_candidates.py --run DIR/runs/vdl --cache DIR/cache/<folder> --seed S \
 #       --truth_of DIR/runs/vdl/e_step/choice-step003125.npy
@@ -29,6 +30,8 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "vdl, top 8 (make toy before the E-step)=$R/text_bank/seed1-top8/results.json:vdl" \
   "prior-sample on the prior's top 8=$R/text_bank/seed0-choice-control/results.json:prior-sample" \
   "prior-sample on the prior's top 8=$R/text_bank/seed1-choice-control/results.json:prior-sample" \
+  "vdl, top 8, no E-step, retrained (world 0, training seed 10)=$R/text_bank/world0-seed10-top8-vdl/results.json:vdl" \
+  "prior-sample on the prior's top 8, retrained (world 0, training seed 10)=$R/text_bank/world0-seed10-top8-prior-sample/results.json:prior-sample" \
   "vdl, top 8, E-step at 3000, within mention groups=$R/text_bank/seed0-e-step/results.json:vdl" \
   "vdl, top 8, E-step at 3000, within mention groups=$R/text_bank/seed1-e-step/results.json:vdl" \
   "the same, 2 draws per image=$R/text_bank/seed0-e-step-2draws/results.json:vdl" \

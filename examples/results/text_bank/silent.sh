@@ -14,6 +14,8 @@ ROWS = [  # (label, file stem), in table order
     ("supervised (real captions)", "supervised"),
     ("vdl, top 8, no E-step", "top8"),
     ("prior-sample on the prior's top 8", "choice-control"),
+    ("vdl, top 8, no E-step, retrained (world 0, training seed 10)", "top8-vdl"),
+    ("prior-sample on the prior's top 8, retrained (world 0, training seed 10)", "top8-prior-sample"),
     ("the same with the E-step at 0.5", "prior-sample-e-step"),
     ("vdl, top 8, E-step among all 8 (make toy)", "e-step-no-groups"),
     ("the same, balanced (--e_step_balance)", "e-step-balanced"),
@@ -29,7 +31,7 @@ print("| run | seed | oracle FD ↓ | silent colour TV ↓ | silent position TV 
 print("|---|---|---|---|---|---|")
 for label, stem in ROWS:
     for seed in (0, 1):
-        path = Path("silent") / f"seed{seed}-{stem}.json"
+        path = Path("silent") / (f"world{seed}-seed10-{stem}.json" if "retrained (world" in label else f"seed{seed}-{stem}.json")
         if path.is_file():
             m = json.loads(path.read_text())["metrics"]
             cells = [f"{m['oracle_fd']['value']:.0f} ± {m['oracle_fd']['se']:.0f}"]
