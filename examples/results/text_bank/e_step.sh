@@ -16,7 +16,8 @@
 #   (--methods prior-sample, "--prior text-bank --bank_top_k 8 --bank_choice ...") on the balanced one, and vdl on
 #   the two-stage test's choice (choice.sh: the M-step's cache, whose top-64 file holds the chosen weights, with
 #   "--prior text-bank --posterior_family bank_mixture"); and vdl and prior-sample on the prior's top 8 (no E-step)
-#   retrained on world 0 with training seed 10 (--seed 0, "... --bank_top_k 8 --seed 10 --toy_world_seed 0");
+#   retrained on world 0 with training seed 10 (--seed 0, "... --bank_top_k 8 --seed 10 --toy_world_seed 0"), and the
+#   same two at seed 0 without gradient clipping ("... --bank_top_k 8 --max_grad_norm 1e6");
 # what each choice trains on (the ground truth; seed{0,1}-e-step*/e_step_truth.json):
 #   python examples/toy_world/choose_candidates.py --run DIR/runs/vdl --cache DIR/cache/<folder> --seed S \
 #       --truth_of DIR/runs/vdl/e_step/choice-step003125.npy
@@ -32,6 +33,8 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "prior-sample on the prior's top 8=$R/text_bank/seed1-choice-control/results.json:prior-sample" \
   "vdl, top 8, no E-step, retrained (world 0, training seed 10)=$R/text_bank/world0-seed10-top8-vdl/results.json:vdl" \
   "prior-sample on the prior's top 8, retrained (world 0, training seed 10)=$R/text_bank/world0-seed10-top8-prior-sample/results.json:prior-sample" \
+  "vdl, top 8, no E-step, without gradient clipping=$R/text_bank/world0-top8-vdl-noclip/results.json:vdl" \
+  "prior-sample on the prior's top 8, without gradient clipping=$R/text_bank/world0-top8-prior-sample-noclip/results.json:prior-sample" \
   "vdl, top 8, E-step at 3000, within mention groups=$R/text_bank/seed0-e-step/results.json:vdl" \
   "vdl, top 8, E-step at 3000, within mention groups=$R/text_bank/seed1-e-step/results.json:vdl" \
   "the same, 2 draws per image=$R/text_bank/seed0-e-step-2draws/results.json:vdl" \

@@ -16,6 +16,8 @@ ROWS = [  # (label, file stem), in table order
     ("prior-sample on the prior's top 8", "choice-control"),
     ("vdl, top 8, no E-step, retrained (world 0, training seed 10)", "top8-vdl"),
     ("prior-sample on the prior's top 8, retrained (world 0, training seed 10)", "top8-prior-sample"),
+    ("vdl, top 8, no E-step, without gradient clipping", "top8-vdl-noclip"),
+    ("prior-sample on the prior's top 8, without gradient clipping", "top8-prior-sample-noclip"),
     ("the same with the E-step at 0.5", "prior-sample-e-step"),
     ("vdl, top 8, E-step among all 8 (make toy)", "e-step-no-groups"),
     ("the same, balanced (--e_step_balance)", "e-step-balanced"),
@@ -31,7 +33,8 @@ print("| run | seed | oracle FD ↓ | silent colour TV ↓ | silent position TV 
 print("|---|---|---|---|---|---|")
 for label, stem in ROWS:
     for seed in (0, 1):
-        path = Path("silent") / (f"world{seed}-seed10-{stem}.json" if "retrained (world" in label else f"seed{seed}-{stem}.json")
+        world = f"world{seed}-seed10-{stem}" if "retrained (world" in label else f"world{seed}-{stem}" if "clipping" in label else None
+        path = Path("silent") / f"{world or f'seed{seed}-{stem}'}.json"
         if path.is_file():
             m = json.loads(path.read_text())["metrics"]
             cells = [f"{m['oracle_fd']['value']:.0f} ± {m['oracle_fd']['se']:.0f}"]
