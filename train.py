@@ -340,6 +340,9 @@ def check_args(parser, args):
         parser.error("--stop_after_e_step ends the run with its E-step: add --e_step_at STEP.")
     if args.bank_choice:
         args.bank_choice = str(e_step_choice(args.bank_choice, parser))
+        if Path(args.output_dir).resolve() in Path(args.bank_choice).resolve().parents:
+            parser.error(f"--bank_choice {args.bank_choice} is this run's own --output_dir: it would resume the judge's checkpoint "
+                         "and write over the judge. Give the fresh run another --output_dir.")  # fmt: skip
     if args.e_step_balance and not args.e_step_at:
         parser.error("--e_step_balance balances the E-step's choice: add --e_step_at STEP.")
     if args.e_step_at and args.max_train_steps and args.e_step_at >= args.max_train_steps:

@@ -134,6 +134,9 @@ def test_batches_take_the_chosen_weights_and_a_choice_for_other_candidates_is_re
         np.save(tmp_path / "other.npy", other)
         with pytest.raises(ValueError, match="does not list this dataset's candidates"):
             dataset.use_choice(tmp_path / "other.npy")
+        (tmp_path / "not-a-choice.npy").write_text("a checkpoint's README, say")
+        with pytest.raises(ValueError, match="is not an E-step's choice"):
+            dataset.use_choice(tmp_path / "not-a-choice.npy")
         assert torch.equal(dataset.prepare_batch(batch, None)["bank_logits"], prepared["bank_logits"])  # a refused file changes nothing
     finally:
         dataset.chosen_logits = None

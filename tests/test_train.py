@@ -311,6 +311,18 @@ def test_inconsistent_flags_fail_before_any_model_loads(capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+def test_a_fresh_run_may_not_train_in_its_judges_folder(capsys, tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from train import parse_args
+
+    (tmp_path / "judge" / "e_step").mkdir(parents=True)
+    (tmp_path / "judge" / "e_step" / "choice-step000003.npy").touch()
+    with pytest.raises(SystemExit):
+        parse_args(["--prior", "text-bank", "--bank_choice", str(tmp_path / "judge"), "--output_dir", str(tmp_path / "judge")])
+    assert "is this run's own --output_dir: it would resume the judge's checkpoint" in capsys.readouterr().err
+    assert parse_args(["--prior", "text-bank", "--bank_choice", str(tmp_path / "judge"), "--output_dir", str(tmp_path / "fresh")]).bank_choice.endswith("choice-step000003.npy")
+
+
 def test_the_learning_rate_defaults_to_the_unet_presets():
     sys.path.insert(0, str(ROOT))
     from train import parse_args

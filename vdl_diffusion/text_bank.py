@@ -146,7 +146,10 @@ class BankCandidates(torch.utils.data.Dataset):
     def use_choice(self, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
         """Batches take their ``bank_logits`` from the choice at ``path`` (`vdl_diffusion.e_step.write_choice`)
         from now on; it is held on ``device`` (N × k floats) and indexed there, without a host sync."""
-        rows = np.load(path, mmap_mode="r")
+        try:
+            rows = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as error:
+            raise ValueError(f"{path} is not an E-step's choice (a run's e_step/choice-stepN.npy): {error}") from error
         if rows.dtype != ROW or rows.shape != self.candidate_rows().shape or not np.array_equal(rows["index"], self.candidate_rows()["index"]):
             raise ValueError(f"{path} does not list this dataset's candidates ({self.path}): not a choice made for this cache and prior.")
         self.chosen_logits = torch.from_numpy(rows["logit"].copy()).to(device)
