@@ -1,10 +1,11 @@
 """Do the posterior's gradients slow the UNet? They share train.py's clipping norm (--max_grad_norm).
 
-    python examples/toy_world/gradient_norms.py --run RUN --cache RUN_CACHE_FOLDER --batches 8
+    python examples/toy_world/gradient_norms.py --run RUN --cache RUN_CACHE_FOLDER --batches 8 [--fresh]
 
 For a trained `vdl` run with the bank-mixture posterior, prints the gradient norm of the UNet and of the
 posterior on a few training batches of its cache (the loss of train.py's step, β = 1), and whether the
 global norm exceeds the clip. If it did, the clip would scale the UNet's step down by the posterior's share.
+``--fresh``: the same on the run's models as first initialised (its configs, new weights), where the clip can bite.
 """
 
 import argparse
@@ -28,12 +29,17 @@ def main():
     parser.add_argument("--cache", type=Path, required=True, help="its cache folder (holds bank-top*.npy)")
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fresh", action="store_true", help="newly initialised UNet and posterior of the run's configs (step 0)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     torch.distributions.Distribution.set_default_validate_args(False)  # as train.py
     training_args = json.loads((args.run / "training_args.json").read_text())
-    unet = UNet2DConditionModel.from_pretrained(args.run / "unet")
-    posterior = BankMixturePosterior.from_pretrained(args.run / "posterior")
+    if args.fresh:
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(args.run / "unet"))
+        posterior = BankMixturePosterior.from_config(BankMixturePosterior.load_config(args.run / "posterior"))
+    else:
+        unet = UNet2DConditionModel.from_pretrained(args.run / "unet")
+        posterior = BankMixturePosterior.from_pretrained(args.run / "posterior")
     prior = TextBankPrior.from_pretrained(args.run / "prior")
     (top_k_file,) = args.cache.glob("bank-top*.npy")
     dataset = BankCandidates(CachedEmbeddingDataset(args.cache), top_k_file)

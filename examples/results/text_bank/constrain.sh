@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Issue 13: what would the E-step's choice be worth if it kept the caption writers' mention habit? The make-toy
+# choice (E-step among all 8, RUN = the run of e_step.sh's "among all 8" row, CACHE = its cache folder with
+# bank-top8-*.npy) fixes position mostly by moving mass to texts that name more, and names some attributes more
+# for some of their values. From the same losses (log w − log π = −n_latent · L / β + const per image) this writes
+# the choice under each constraint, and its ground truth:
+#   - balanced to λ of the way from the choice's use of each bank text to the prior's (λ = 1: --e_step_balance;
+#     exactly balance() against the mixture (1 − λ) w + λ π, whose per-text totals are those);
+#   - within groups of candidates naming as many attributes (choose_candidates.py --keep_mentions);
+#   - within groups naming the same attributes (toy only: the toy world's caption parser reads each text):
+#     per image, each mention pattern keeps its prior mass, so only the values named can change.
+#   bash examples/results/text_bank/constrain.sh SEED RUN CACHE OUT   (choices in OUT/NAME.npy, for train.py
+#                                                                      --bank_choice; writes constrain/seedS.json)
+# then, with both seeds done, constrain.md:   bash examples/results/text_bank/constrain.sh table
+set -e
+cd "$(dirname "$0")"
+mkdir -p constrain
+if [ "$1" != table ]; then
+  seed=$1 run=$2 cache=$3 out=$4
+  mkdir -p "$out"
+  python - "$seed" "$run" "$cache" "$out" <<'PY'
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path.cwd().parents[1] / "toy_world"))
+from posterior_report import load_run
+
+from vdl_diffusion.e_step import balance, choose
+from vdl_diffusion.toy import ATTRIBUTE_NAMES, ToyWorld
+
+seed, (run, cache, out) = int(sys.argv[1]), map(Path, sys.argv[2:])
+(choice_file,) = (run / "e_step").glob("choice-step*.npy")
+(prior_file,) = cache.glob("bank-top8-*.npy")
+choice, prior = np.load(choice_file), np.load(prior_file)
+assert np.array_equal(choice["index"], prior["index"]), "the choice was not made on this cache's candidates"
+entries = torch.from_numpy(choice["index"].astype(np.int64))
+log_w = torch.from_numpy(choice["logit"].copy()).double()
+log_pi = torch.log_softmax(torch.from_numpy(prior["logit"].copy()).double(), -1)
+read = [ToyWorld.read_caption(text) for text in load_run(run, seed)[2]]
+count = torch.tensor([len(values) for values in read])
+pattern = torch.tensor([sum(1 << i for i, a in enumerate(ATTRIBUTE_NAMES) if a in values) for values in read])
+# choose() weighs π by exp(-n_latent L / β): the choice's own score, with n_latent = β = 1.
+losses = -(log_w - log_pi)
+choices = {"none": log_w}  # make toy's choice
+choices |= {f"balanced-{lam:g}": balance(log_w, torch.log((1 - lam) * log_w.exp() + lam * log_pi.exp()), entries) for lam in (0.5, 0.75, 1)}
+choices["as-many"] = choose(log_pi, losses, 1, 1.0, count[entries])
+choices["same-attributes"] = choose(log_pi, losses, 1, 1.0, pattern[entries])
+for name, log_v in choices.items():
+    rows = choice.copy()
+    rows["logit"] = log_v.clamp(min=-1e4).float().numpy()
+    np.save(out / f"{name}.npy", rows)
+PY
+  for f in "$out"/*.npy; do
+    python ../../toy_world/choose_candidates.py --run "$run" --cache "$cache" --seed "$seed" --truth_of "$f" 2>/dev/null \
+      | python -c "import json, sys; t = sys.stdin.read(); print(json.dumps({'$(basename "$f" .npy)': json.loads(t[t.index('{'):])}))"
+  done | python -c "import json, sys; d = {}; [d.update(json.loads(l)) for l in sys.stdin]; json.dump(d, open('constrain/seed$seed.json', 'w'), indent=1)"
+  exit
+fi
+python - <<'PY' | tee constrain.md
+import json
+from pathlib import Path
+
+LABELS = {
+    "none": "E-step among all 8 (make toy)",
+    "balanced-0.5": "balanced, λ = 0.5",
+    "balanced-0.75": "balanced, λ = 0.75",
+    "balanced-1": "balanced (--e_step_balance)",
+    "as-many": "within groups naming as many attributes",
+    "same-attributes": "within groups naming the same attributes (toy parser)",
+}
+print("| choice | seed | position right | attributes named | silent colour TV | silent background TV | silent position TV |")
+print("|---|---|---|---|---|---|---|")
+for seed in (0, 1):
+    report = json.loads(Path(f"constrain/seed{seed}.json").read_text())
+    rows = [("the prior's top 8", next(iter(report.values()))["prior"])] + [(LABELS[name], report[name]["chosen"]) for name in LABELS]
+    for name, c in rows:
+        tv = [f"{c[f'unnamed {a}: TV from data']:.3f}" for a in ("colour", "background", "position")]
+        print(f"| {name} | {seed} | {c['position']:.3f} | {c['attributes named']:.2f} | " + " | ".join(tv) + " |")
+PY
