@@ -8,7 +8,9 @@
 #     exactly balance() against the mixture (1 − λ) w + λ π, whose per-text totals are those);
 #   - within groups of candidates naming as many attributes (choose_candidates.py --keep_mentions);
 #   - within groups naming the same attributes (toy only: the toy world's caption parser reads each text):
-#     per image, each mention pattern keeps its prior mass, so only the values named can change.
+#     per image, each mention pattern keeps its prior mass, so only the values named can change;
+#   - without a parser, within groups of near texts: an image's candidates joined where their bank embeddings'
+#     cosine exceeds τ (and so on, transitively), each group keeping its prior mass.
 #   bash examples/results/text_bank/constrain.sh SEED RUN CACHE OUT   (choices in OUT/NAME.npy, for train.py
 #                                                                      --bank_choice; writes constrain/seedS.json)
 # then, with both seeds done, constrain.md:   bash examples/results/text_bank/constrain.sh table
@@ -39,7 +41,8 @@ assert np.array_equal(choice["index"], prior["index"]), "the choice was not made
 entries = torch.from_numpy(choice["index"].astype(np.int64))
 log_w = torch.from_numpy(choice["logit"].copy()).double()
 log_pi = torch.log_softmax(torch.from_numpy(prior["logit"].copy()).double(), -1)
-read = [ToyWorld.read_caption(text) for text in load_run(run, seed)[2]]
+_, prior_model, texts = load_run(run, seed)
+read = [ToyWorld.read_caption(text) for text in texts]
 count = torch.tensor([len(values) for values in read])
 pattern = torch.tensor([sum(1 << i for i, a in enumerate(ATTRIBUTE_NAMES) if a in values) for values in read])
 # choose() weighs π by exp(-n_latent L / β): the choice's own score, with n_latent = β = 1.
@@ -48,6 +51,13 @@ choices = {"none": log_w}  # make toy's choice
 choices |= {f"balanced-{lam:g}": balance(log_w, torch.log((1 - lam) * log_w.exp() + lam * log_pi.exp()), entries) for lam in (0.5, 0.75, 1)}
 choices["as-many"] = choose(log_pi, losses, 1, 1.0, count[entries])
 choices["same-attributes"] = choose(log_pi, losses, 1, 1.0, pattern[entries])
+bank = torch.nn.functional.normalize(prior_model.bank.double(), dim=-1)[entries]
+for tau in (0.9, 0.94, 0.97):
+    joined = (bank @ bank.transpose(1, 2) > tau).double()
+    for _ in range(3):  # transitive closure over 8 candidates
+        joined = (joined @ joined > 0).double()
+    first_member = torch.where(joined > 0, torch.arange(entries.shape[1], dtype=torch.float64), torch.inf).amin(-1)
+    choices[f"near-{tau:g}"] = choose(log_pi, losses, 1, 1.0, first_member.long())
 for name, log_v in choices.items():
     rows = choice.copy()
     rows["logit"] = log_v.clamp(min=-1e4).float().numpy()
@@ -70,6 +80,9 @@ LABELS = {
     "balanced-1": "balanced (--e_step_balance)",
     "as-many": "within groups naming as many attributes",
     "same-attributes": "within groups naming the same attributes (toy parser)",
+    "near-0.9": "within groups of near texts, cosine > 0.9",
+    "near-0.94": "within groups of near texts, cosine > 0.94",
+    "near-0.97": "within groups of near texts, cosine > 0.97",
 }
 print("| choice | seed | position right | attributes named | silent colour TV | silent background TV | silent position TV |")
 print("|---|---|---|---|---|---|---|")

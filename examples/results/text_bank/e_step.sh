@@ -17,7 +17,9 @@
 #   the two-stage test's choice (choice.sh: the M-step's cache, whose top-64 file holds the chosen weights, with
 #   "--prior text-bank --posterior_family bank_mixture"); and vdl and prior-sample on the prior's top 8 (no E-step)
 #   retrained on world 0 with training seed 10 (--seed 0, "... --bank_top_k 8 --seed 10 --toy_world_seed 0"), and the
-#   same two at seed 0 without gradient clipping ("... --bank_top_k 8 --max_grad_norm 1e6");
+#   same two at seed 0 without gradient clipping ("... --bank_top_k 8 --max_grad_norm 1e6"); and vdl, fresh, on the
+#   "among all 8" choice under constraints (constrain.sh writes them: --bank_choice OUT/balanced-0.75.npy, -0.5, and
+#   OUT/same-attributes.npy);
 # what each choice trains on (the ground truth; seed{0,1}-e-step*/e_step_truth.json):
 #   python examples/toy_world/choose_candidates.py --run DIR/runs/vdl --cache DIR/cache/<folder> --seed S \
 #       --truth_of DIR/runs/vdl/e_step/choice-step003125.npy
@@ -58,4 +60,8 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "two stages in train.py: vdl, fresh, on the choice among all 8=$R/text_bank/seed0-restart-unbalanced/results.json:vdl" \
   "two stages in train.py: vdl, fresh, on the choice among all 8=$R/text_bank/seed1-restart-unbalanced/results.json:vdl" \
   "vdl, fresh, on the two-stage test's choice=$R/text_bank/seed0-choice-vdl/results.json:vdl" \
-  "vdl, fresh, on the two-stage test's choice=$R/text_bank/seed1-choice-vdl/results.json:vdl"
+  "vdl, fresh, on the two-stage test's choice=$R/text_bank/seed1-choice-vdl/results.json:vdl" \
+  "vdl, fresh, on make toy's choice balanced to λ = 0.75=$R/text_bank/seed0-balanced-0.75-vdl/results.json:vdl" \
+  "vdl, fresh, on make toy's choice balanced to λ = 0.75=$R/text_bank/seed1-balanced-0.75-vdl/results.json:vdl" \
+  "vdl, fresh, on make toy's choice within groups naming the same attributes (toy parser)=$R/text_bank/seed0-same-attributes-vdl/results.json:vdl" \
+  "vdl, fresh, on make toy's choice within groups naming the same attributes (toy parser)=$R/text_bank/seed1-same-attributes-vdl/results.json:vdl"

@@ -3,7 +3,7 @@
 # beside the oracle FD. Each silent/NAME.json comes from a finished run of the benchmark (RUN = its
 # runs/<method> folder), evaluated on the benchmark's captions and noise:
 #   python examples/evaluate.py RUN --world_seed S --seeds 0 1 --num_samples 256 --output silent/NAME.json
-# (The balanced, retrained, prior-sample E-step and fresh two-stage runs' files are their runs/<method>/benchmark_metrics.json: the benchmark made the same evaluation.)
+# (The balanced, retrained, prior-sample E-step, fresh two-stage and constrained-choice runs' files are their runs/<method>/benchmark_metrics.json: the benchmark made the same evaluation.)
 # Writes silent.md beside this script from the JSON files.
 cd "$(dirname "$0")"
 python - <<'PY' | tee silent.md
@@ -28,6 +28,8 @@ ROWS = [  # (label, file stem), in table order
     ("two stages in train.py: vdl, fresh, on the balanced choice", "restart-balanced"),
     ("prior-sample, fresh, on the balanced choice", "restart-balanced-prior-sample"),
     ("vdl, fresh, on the choice among all 8", "restart-unbalanced"),
+    ("vdl, fresh, on that choice balanced to λ = 0.75", "balanced-0.75-vdl"),
+    ("vdl, fresh, on that choice within groups naming the same attributes (toy parser)", "same-attributes-vdl"),
 ]
 print("| run | seed | oracle FD ↓ | silent colour TV ↓ | silent position TV ↓ | silent background TV ↓ |")
 print("|---|---|---|---|---|---|")
