@@ -8,7 +8,10 @@
 #     exactly balance() against the mixture (1 − λ) w + λ π, whose per-text totals are those);
 #   - within groups of candidates naming as many attributes (choose_candidates.py --keep_mentions);
 #   - within groups naming the same attributes (toy only: the toy world's caption parser reads each text):
-#     per image, each mention pattern keeps its prior mass, so only the values named can change;
+#     per image, each mention pattern keeps its prior mass, so only the values named can change; and the same
+#     knowing the truth (each group's mass on its candidates entirely true of the image, where it has any): the
+#     most such a choice could fix; and within groups naming the same attributes but the position, which may then
+#     be named more or less often (toy parser);
 #   - without a parser, within groups of near texts: an image's candidates joined where their bank embeddings'
 #     cosine exceeds τ (and so on, transitively), each group keeping its prior mass.
 #   bash examples/results/text_bank/constrain.sh SEED RUN CACHE OUT   (choices in OUT/NAME.npy, for train.py
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path.cwd().parents[1] / "toy_world"))
+from choose_candidates import image_order
 from posterior_report import load_run
 
 from vdl_diffusion.e_step import balance, choose
@@ -44,13 +48,20 @@ log_pi = torch.log_softmax(torch.from_numpy(prior["logit"].copy()).double(), -1)
 _, prior_model, texts = load_run(run, seed)
 read = [ToyWorld.read_caption(text) for text in texts]
 count = torch.tensor([len(values) for values in read])
-pattern = torch.tensor([sum(1 << i for i, a in enumerate(ATTRIBUTE_NAMES) if a in values) for values in read])
+pattern, but_position = (
+    torch.tensor([sum(1 << i for i, a in enumerate(ATTRIBUTE_NAMES) if a in values and a not in free) for values in read]) for free in ((), ("position",))
+)
 # choose() weighs π by exp(-n_latent L / β): the choice's own score, with n_latent = β = 1.
 losses = -(log_w - log_pi)
 choices = {"none": log_w}  # make toy's choice
 choices |= {f"balanced-{lam:g}": balance(log_w, torch.log((1 - lam) * log_w.exp() + lam * log_pi.exp()), entries) for lam in (0.5, 0.75, 1)}
 choices["as-many"] = choose(log_pi, losses, 1, 1.0, count[entries])
 choices["same-attributes"] = choose(log_pi, losses, 1, 1.0, pattern[entries])
+choices["same-attributes-but-position"] = choose(log_pi, losses, 1, 1.0, but_position[entries])
+images = image_order(cache)
+labels = ToyWorld(seed).sample_labels(len(images), "train")
+true = torch.tensor([[all(labels[a][image] == v for a, v in read[j].items()) for j in row] for image, row in zip(images, entries.tolist())])
+choices["same-attributes-truth"] = choose(log_pi, 1e4 * (~true).double(), 1, 1.0, pattern[entries])
 bank = torch.nn.functional.normalize(prior_model.bank.double(), dim=-1)[entries]
 for tau in (0.9, 0.94, 0.97):
     joined = (bank @ bank.transpose(1, 2) > tau).double()
@@ -80,6 +91,8 @@ LABELS = {
     "balanced-1": "balanced (--e_step_balance)",
     "as-many": "within groups naming as many attributes",
     "same-attributes": "within groups naming the same attributes (toy parser)",
+    "same-attributes-truth": "the same, knowing which candidates are true (a bound)",
+    "same-attributes-but-position": "within groups naming the same attributes but the position (toy parser)",
     "near-0.9": "within groups of near texts, cosine > 0.9",
     "near-0.94": "within groups of near texts, cosine > 0.94",
     "near-0.97": "within groups of near texts, cosine > 0.97",
