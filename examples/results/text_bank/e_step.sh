@@ -61,6 +61,8 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "two stages in train.py: vdl, fresh, on the choice among all 8=$R/text_bank/seed1-restart-unbalanced/results.json:vdl" \
   "vdl, fresh, on the two-stage test's choice=$R/text_bank/seed0-choice-vdl/results.json:vdl" \
   "vdl, fresh, on the two-stage test's choice=$R/text_bank/seed1-choice-vdl/results.json:vdl" \
+  "vdl, fresh, on make toy's choice balanced to λ = 0.5=$R/text_bank/seed0-balanced-0.5-vdl/results.json:vdl" \
+  "vdl, fresh, on make toy's choice balanced to λ = 0.5=$R/text_bank/seed1-balanced-0.5-vdl/results.json:vdl" \
   "vdl, fresh, on make toy's choice balanced to λ = 0.75=$R/text_bank/seed0-balanced-0.75-vdl/results.json:vdl" \
   "vdl, fresh, on make toy's choice balanced to λ = 0.75=$R/text_bank/seed1-balanced-0.75-vdl/results.json:vdl" \
   "vdl, fresh, on make toy's choice within groups naming the same attributes (toy parser)=$R/text_bank/seed0-same-attributes-vdl/results.json:vdl" \

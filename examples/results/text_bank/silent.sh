@@ -28,6 +28,7 @@ ROWS = [  # (label, file stem), in table order
     ("two stages in train.py: vdl, fresh, on the balanced choice", "restart-balanced"),
     ("prior-sample, fresh, on the balanced choice", "restart-balanced-prior-sample"),
     ("vdl, fresh, on the choice among all 8", "restart-unbalanced"),
+    ("vdl, fresh, on that choice balanced to λ = 0.5", "balanced-0.5-vdl"),
     ("vdl, fresh, on that choice balanced to λ = 0.75", "balanced-0.75-vdl"),
     ("vdl, fresh, on that choice within groups naming the same attributes (toy parser)", "same-attributes-vdl"),
 ]
