@@ -19,7 +19,7 @@
 #   retrained on world 0 with training seed 10 (--seed 0, "... --bank_top_k 8 --seed 10 --toy_world_seed 0"), and the
 #   same two at seed 0 without gradient clipping ("... --bank_top_k 8 --max_grad_norm 1e6"); and vdl, fresh, on the
 #   "among all 8" choice under constraints (constrain.sh writes them: --bank_choice OUT/balanced-0.75.npy, -0.5, and
-#   OUT/same-attributes.npy);
+#   OUT/same-attributes.npy, OUT/same-attributes-but-position.npy);
 # what each choice trains on (the ground truth; seed{0,1}-e-step*/e_step_truth.json):
 #   python examples/toy_world/choose_candidates.py --run DIR/runs/vdl --cache DIR/cache/<folder> --seed S \
 #       --truth_of DIR/runs/vdl/e_step/choice-step003125.npy
@@ -66,4 +66,6 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "vdl, fresh, on make toy's choice balanced to λ = 0.75=$R/text_bank/seed0-balanced-0.75-vdl/results.json:vdl" \
   "vdl, fresh, on make toy's choice balanced to λ = 0.75=$R/text_bank/seed1-balanced-0.75-vdl/results.json:vdl" \
   "vdl, fresh, on make toy's choice within groups naming the same attributes (toy parser)=$R/text_bank/seed0-same-attributes-vdl/results.json:vdl" \
-  "vdl, fresh, on make toy's choice within groups naming the same attributes (toy parser)=$R/text_bank/seed1-same-attributes-vdl/results.json:vdl"
+  "vdl, fresh, on make toy's choice within groups naming the same attributes (toy parser)=$R/text_bank/seed1-same-attributes-vdl/results.json:vdl" \
+  "vdl, fresh, on make toy's choice within groups naming the same attributes but the position (toy parser)=$R/text_bank/seed0-same-attributes-but-position-vdl/results.json:vdl" \
+  "vdl, fresh, on make toy's choice within groups naming the same attributes but the position (toy parser)=$R/text_bank/seed1-same-attributes-but-position-vdl/results.json:vdl"

@@ -31,6 +31,7 @@ ROWS = [  # (label, file stem), in table order
     ("vdl, fresh, on that choice balanced to λ = 0.5", "balanced-0.5-vdl"),
     ("vdl, fresh, on that choice balanced to λ = 0.75", "balanced-0.75-vdl"),
     ("vdl, fresh, on that choice within groups naming the same attributes (toy parser)", "same-attributes-vdl"),
+    ("vdl, fresh, on that choice within groups naming the same attributes but the position (toy parser)", "same-attributes-but-position-vdl"),
 ]
 print("| run | seed | oracle FD ↓ | silent colour TV ↓ | silent position TV ↓ | silent background TV ↓ |")
 print("|---|---|---|---|---|---|")
