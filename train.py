@@ -189,9 +189,10 @@ def parse_args(argv=None):
     g.add_argument("--e_step_draws", type=positive_int, default=4, help="(timestep, noise) draws per image in the E-step, shared by its candidates.")
     g.add_argument("--e_step_min_timestep", type=non_negative_int, default=800, help="The E-step's draws are at timesteps from this one.")
     g.add_argument(
-        "--e_step_balance", action="store_true",
-        help="Scale each bank text's chosen weight, over all images, back to its total under the prior: the E-step then moves texts "
-        "to the images they fit without using texts that say more more often (vdl_diffusion/e_step.py `balance`; docs/text_bank.md).",
+        "--e_step_balance", type=_number(float, lambda v: 0 <= v <= 1, "in [0, 1]"), nargs="?", const=1.0, metavar="STRENGTH",
+        help="Scale each bank text's chosen weight, over all images, back towards its total under the prior (all the way without a "
+        "value, a fraction of the way with one): the E-step then moves texts to the images they fit without using texts that say "
+        "more more often (vdl_diffusion/e_step.py `balance`; docs/text_bank.md).",
     )
     g.add_argument(
         "--bank_choice",
@@ -650,7 +651,7 @@ def choose_candidates(args, accelerator, elbo, ema_unet, train_dataset, step) ->
     model = accelerator.unwrap_model(elbo)
     logger.info(
         f"E-step at step {step}: the UNet scores each of {len(train_dataset)} images' top-{args.bank_top_k} candidates over "
-        f"{args.e_step_draws} draws at timesteps ≥ {args.e_step_min_timestep}, β = {args.e_step_beta:g}{', balanced' if args.e_step_balance else ''}."
+        f"{args.e_step_draws} draws at timesteps ≥ {args.e_step_min_timestep}, β = {args.e_step_beta:g}{f', balanced ({args.e_step_balance:g})' if args.e_step_balance else ''}."
     )
     generator = torch.Generator(accelerator.device).manual_seed(args.seed + accelerator.process_index)
     model.eval()
@@ -667,7 +668,7 @@ def choose_candidates(args, accelerator, elbo, ema_unet, train_dataset, step) ->
         for part_rows, part in parts:
             choice[part_rows] = part
         if args.e_step_balance:
-            choice = balance_choice(train_dataset, choice)
+            choice = balance_choice(train_dataset, choice, args.e_step_balance)
         (Path(args.output_dir) / "e_step").mkdir(exist_ok=True)
         write_choice(Path(args.output_dir) / name, train_dataset, choice)
         logger.info(f"E-step done: KL(w || π) = {kl_from_prior(train_dataset, choice):.3f} nats per image; conditions come from {name} from now on.")

@@ -57,6 +57,20 @@ def test_balancing_gives_each_text_its_prior_total_on_the_images_the_choice_pref
     torch.testing.assert_close(balance(log_pi, log_pi, entries), log_pi.double(), atol=1e-6, rtol=0)  # the prior is balanced
 
 
+def test_balancing_part_of_the_way_moves_each_text_total_that_far_towards_the_prior():
+    generator = torch.Generator().manual_seed(1)
+    entries = torch.stack([torch.randperm(60, generator=generator)[:8] for _ in range(500)])
+    log_pi = torch.log_softmax(torch.randn(500, 8, generator=generator), -1)
+    log_w = torch.log_softmax(log_pi + 3 * torch.randn(500, 8, generator=generator), -1)
+    chosen, prior = text_totals(log_w, entries, 60), text_totals(log_pi, entries, 60)
+    partial = balance(log_w, log_pi, entries, strength=0.75)
+    torch.testing.assert_close(text_totals(partial, entries, 60), 0.25 * chosen + 0.75 * prior, atol=1e-6, rtol=0)
+    assert (text_totals(partial, entries, 60) - prior).abs().max() > 0.1  # not balanced all the way
+    torch.testing.assert_close(balance(log_w, log_pi, entries, strength=0), log_w.double(), atol=1e-5, rtol=0)  # w, renormalised in float64
+    with pytest.raises(ValueError, match="strength"):
+        balance(log_w, log_pi, entries, strength=1.5)
+
+
 class PrefersOneText(nn.Module):
     """A stand-in UNet whose noise prediction is ``scale · (1 - tᵀv)`` everywhere: zero, the best guess of
     zero-mean noise, only for the condition ``v``. ``scale = 0``: a prediction that ignores the condition."""

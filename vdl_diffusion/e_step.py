@@ -113,10 +113,12 @@ def e_step(
     return log_w_rows
 
 
-def balance(log_w: torch.Tensor, log_pi: torch.Tensor, entries: torch.Tensor, iterations: int = 200) -> torch.Tensor:
+def balance(log_w: torch.Tensor, log_pi: torch.Tensor, entries: torch.Tensor, strength: float = 1.0, iterations: int = 200) -> torch.Tensor:
     """``log w'`` (n, k): ``w'_ij ∝ w_ij exp(u_t)`` for the bank text ``t = entries[i, j]``, with one ``u`` per text
     found by Sinkhorn's iterations so that every text's total weight over the ``n`` images is its total under
-    ``π``: the choice moves each text to the images it fits, but uses it as often as the prior. ``log w``,
+    ``π``: the choice moves each text to the images it fits, but uses it as often as the prior. ``strength`` λ
+    moves each total only λ of the way from the choice's to the prior's (those of ``(1 - λ) w + λ π``): on the
+    toy world, 0.75 keeps enough of the position gain for its FD cost (docs/text_bank.md). ``log w``,
     ``log π`` and ``entries`` (n, k) over the same candidates; in float64."""
     texts, text_of = entries.flatten().unique(return_inverse=True)
 
@@ -128,8 +130,11 @@ def balance(log_w: torch.Tensor, log_pi: torch.Tensor, entries: torch.Tensor, it
     def scaled(u: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(log_w + u[text_of].view_as(log_w), -1)
 
+    if not 0 <= strength <= 1:
+        raise ValueError(f"`strength` must be in [0, 1], got {strength}.")
     log_w, log_pi = log_w.double(), log_pi.double()
-    log_target, u = log_total(log_pi), torch.zeros(len(texts), dtype=torch.float64, device=log_w.device)
+    target = torch.log((1 - strength) * log_w.exp() + strength * log_pi.exp())
+    log_target, u = log_total(target), torch.zeros(len(texts), dtype=torch.float64, device=log_w.device)
     for _ in range(iterations):
         u += log_target - log_total(scaled(u))
     return scaled(u)
@@ -151,10 +156,10 @@ def write_choice(path, dataset: BankCandidates, log_w: np.ndarray) -> None:
     write_atomically(path, write)
 
 
-def balance_choice(dataset: BankCandidates, log_w: np.ndarray) -> np.ndarray:
+def balance_choice(dataset: BankCandidates, log_w: np.ndarray, strength: float = 1.0) -> np.ndarray:
     """`balance` of a choice over all of the dataset's images (one row each) against the prior's weights in its top-k file."""
     entries = torch.from_numpy(dataset.candidate_rows()["index"].astype(np.int64))
-    return balance(torch.from_numpy(log_w), prior_log_weights(dataset), entries).float().numpy()
+    return balance(torch.from_numpy(log_w), prior_log_weights(dataset), entries, strength).float().numpy()
 
 
 def kl_from_prior(dataset: BankCandidates, log_w: np.ndarray) -> float:

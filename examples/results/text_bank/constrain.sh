@@ -4,8 +4,8 @@
 # bank-top8-*.npy) fixes position mostly by moving mass to texts that name more, and names some attributes more
 # for some of their values. From the same losses (log w − log π = −n_latent · L / β + const per image) this writes
 # the choice under each constraint, and its ground truth:
-#   - balanced to λ of the way from the choice's use of each bank text to the prior's (λ = 1: --e_step_balance;
-#     exactly balance() against the mixture (1 − λ) w + λ π, whose per-text totals are those);
+#   - balanced to λ of the way from the choice's use of each bank text to the prior's (balance(strength=λ), as
+#     train.py --e_step_balance λ makes it; λ = 1: --e_step_balance);
 #   - within groups of candidates naming as many attributes (choose_candidates.py --keep_mentions);
 #   - within groups naming the same attributes (toy only: the toy world's caption parser reads each text):
 #     per image, each mention pattern keeps its prior mass, so only the values named can change; and the same
@@ -54,7 +54,7 @@ pattern, but_position = (
 # choose() weighs π by exp(-n_latent L / β): the choice's own score, with n_latent = β = 1.
 losses = -(log_w - log_pi)
 choices = {"none": log_w}  # make toy's choice
-choices |= {f"balanced-{lam:g}": balance(log_w, torch.log((1 - lam) * log_w.exp() + lam * log_pi.exp()), entries) for lam in (0.5, 0.75, 1)}
+choices |= {f"balanced-{lam:g}": balance(log_w, log_pi, entries, strength=lam) for lam in (0.5, 0.75, 1)}
 choices["as-many"] = choose(log_pi, losses, 1, 1.0, count[entries])
 choices["same-attributes"] = choose(log_pi, losses, 1, 1.0, pattern[entries])
 choices["same-attributes-but-position"] = choose(log_pi, losses, 1, 1.0, but_position[entries])
