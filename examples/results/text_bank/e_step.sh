@@ -19,7 +19,9 @@
 #   retrained on world 0 with training seed 10 (--seed 0, "... --bank_top_k 8 --seed 10 --toy_world_seed 0"), and the
 #   same two at seed 0 without gradient clipping ("... --bank_top_k 8 --max_grad_norm 1e6"); and vdl, fresh, on the
 #   "among all 8" choice under constraints (constrain.sh writes them: --bank_choice OUT/balanced-0.75.npy, -0.5, and
-#   OUT/same-attributes.npy, OUT/same-attributes-but-position.npy);
+#   OUT/same-attributes.npy, OUT/same-attributes-but-position.npy), and the same on world 0's choices retrained with
+#   training seed 10 ("... --bank_choice OUT/NAME.npy --seed 10 --toy_world_seed 0": the toy cache does not depend on
+#   the training seed, so the choice still fits it);
 # what each choice trains on (the ground truth; seed{0,1}-e-step*/e_step_truth.json):
 #   python examples/toy_world/choose_candidates.py --run DIR/runs/vdl --cache DIR/cache/<folder> --seed S \
 #       --truth_of DIR/runs/vdl/e_step/choice-step003125.npy
@@ -68,4 +70,8 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "vdl, fresh, on make toy's choice within groups naming the same attributes (toy parser)=$R/text_bank/seed0-same-attributes-vdl/results.json:vdl" \
   "vdl, fresh, on make toy's choice within groups naming the same attributes (toy parser)=$R/text_bank/seed1-same-attributes-vdl/results.json:vdl" \
   "vdl, fresh, on make toy's choice within groups naming the same attributes but the position (toy parser)=$R/text_bank/seed0-same-attributes-but-position-vdl/results.json:vdl" \
-  "vdl, fresh, on make toy's choice within groups naming the same attributes but the position (toy parser)=$R/text_bank/seed1-same-attributes-but-position-vdl/results.json:vdl"
+  "vdl, fresh, on make toy's choice within groups naming the same attributes but the position (toy parser)=$R/text_bank/seed1-same-attributes-but-position-vdl/results.json:vdl" \
+  "vdl, fresh, on make toy's choice balanced to λ = 0.75, retrained (world 0, training seed 10)=$R/text_bank/world0-seed10-balanced-0.75-vdl/results.json:vdl" \
+  "vdl, fresh, on make toy's choice balanced (λ = 1), retrained (world 0, training seed 10)=$R/text_bank/world0-seed10-balanced-1-vdl/results.json:vdl" \
+  "vdl, fresh, on make toy's choice within groups naming the same attributes (toy parser), retrained (world 0, training seed 10)=$R/text_bank/world0-seed10-same-attributes-vdl/results.json:vdl" \
+  "vdl, fresh, on make toy's choice within groups naming the same attributes but the position (toy parser), retrained (world 0, training seed 10)=$R/text_bank/world0-seed10-same-attributes-but-position-vdl/results.json:vdl"

@@ -32,6 +32,10 @@ ROWS = [  # (label, file stem), in table order
     ("vdl, fresh, on that choice balanced to λ = 0.75", "balanced-0.75-vdl"),
     ("vdl, fresh, on that choice within groups naming the same attributes (toy parser)", "same-attributes-vdl"),
     ("vdl, fresh, on that choice within groups naming the same attributes but the position (toy parser)", "same-attributes-but-position-vdl"),
+    ("the same choice balanced to λ = 0.75, retrained (world 0, training seed 10)", "balanced-0.75-vdl"),
+    ("the same choice balanced (λ = 1), retrained (world 0, training seed 10)", "balanced-1-vdl"),
+    ("the same choice within mention patterns, retrained (world 0, training seed 10)", "same-attributes-vdl"),
+    ("the same choice within mention patterns but the position, retrained (world 0, training seed 10)", "same-attributes-but-position-vdl"),
 ]
 print("| run | seed | oracle FD ↓ | silent colour TV ↓ | silent position TV ↓ | silent background TV ↓ |")
 print("|---|---|---|---|---|---|")
