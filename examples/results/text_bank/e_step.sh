@@ -22,6 +22,7 @@
 #   OUT/same-attributes.npy, OUT/same-attributes-but-position.npy), and the same on world 0's choices retrained with
 #   training seed 10 ("... --bank_choice OUT/NAME.npy --seed 10 --toy_world_seed 0": the toy cache does not depend on
 #   the training seed, so the choice still fits it);
+#   and make toy's setting with --e_step_balance 0.75 in one run (resuming the first run's checkpoint-3000);
 # what each choice trains on (the ground truth; seed{0,1}-e-step*/e_step_truth.json):
 #   python examples/toy_world/choose_candidates.py --run DIR/runs/vdl --cache DIR/cache/<folder> --seed S \
 #       --truth_of DIR/runs/vdl/e_step/choice-step003125.npy
@@ -47,6 +48,8 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "vdl, top 8, E-step at 3000, among all 8 (make toy)=$R/text_bank/seed1-e-step-no-groups/results.json:vdl" \
   "the same, balanced (--e_step_balance)=$R/text_bank/seed0-e-step-balanced/results.json:vdl" \
   "the same, balanced (--e_step_balance)=$R/text_bank/seed1-e-step-balanced/results.json:vdl" \
+  "the same, balanced to λ = 0.75 (--e_step_balance 0.75)=$R/text_bank/seed0-e-step-balanced-0.75/results.json:vdl" \
+  "the same, balanced to λ = 0.75 (--e_step_balance 0.75)=$R/text_bank/seed1-e-step-balanced-0.75/results.json:vdl" \
   "the same with --use_ema=$R/text_bank/seed0-e-step-ema/results.json:vdl" \
   "the same with --use_ema=$R/text_bank/seed1-e-step-ema/results.json:vdl" \
   "make toy's setting retrained (training seed 10 / 11)=$R/text_bank/world0-seed10-e-step/results.json:vdl" \

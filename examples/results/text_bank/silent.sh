@@ -21,6 +21,7 @@ ROWS = [  # (label, file stem), in table order
     ("the same with the E-step at 0.5", "prior-sample-e-step"),
     ("vdl, top 8, E-step among all 8 (make toy)", "e-step-no-groups"),
     ("the same, balanced (--e_step_balance)", "e-step-balanced"),
+    ("the same, balanced to λ = 0.75 (--e_step_balance 0.75)", "e-step-balanced-0.75"),
     ("the same with --use_ema", "e-step-ema"),
     ("the same retrained (training seed 10 / 11)", "e-step-retrained"),
     ("two stages: prior-sample on a finished run's choice", "choice"),
