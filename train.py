@@ -189,7 +189,7 @@ def parse_args(argv=None):
     g.add_argument("--e_step_draws", type=positive_int, default=4, help="(timestep, noise) draws per image in the E-step, shared by its candidates.")
     g.add_argument("--e_step_min_timestep", type=non_negative_int, default=800, help="The E-step's draws are at timesteps from this one.")
     g.add_argument(
-        "--e_step_balance", type=_number(float, lambda v: 0 <= v <= 1, "in [0, 1]"), nargs="?", const=1.0, metavar="STRENGTH",
+        "--e_step_balance", type=_number(float, lambda v: 0 < v <= 1, "in (0, 1]"), nargs="?", const=1.0, metavar="STRENGTH",
         help="Scale each bank text's chosen weight, over all images, back towards its total under the prior (all the way without a "
         "value, a fraction of the way with one): the E-step then moves texts to the images they fit without using texts that say "
         "more more often (vdl_diffusion/e_step.py `balance`; docs/text_bank.md).",

@@ -292,7 +292,7 @@ def test_training_continues_from_a_saved_pipeline(world, tmp_path):
         (["--prior", "text-bank", "--e_step_at", "2", "--e_step_min_timestep", "1000"], "below the scheduler's 1000 timesteps"),
         (["--train_data_dir", "images", "--toy_world_seed", "1"], "--toy_world_seed picks the toy world to train on: drop it"),
         (["--prior", "text-bank", "--e_step_balance"], "--e_step_balance balances the E-step's choice: add --e_step_at STEP"),
-        (["--prior", "text-bank", "--e_step_at", "0.5", "--e_step_balance", "1.5"], "argument --e_step_balance: must be in [0, 1]"),
+        (["--prior", "text-bank", "--e_step_at", "0.5", "--e_step_balance", "1.5"], "argument --e_step_balance: must be in (0, 1]"),
         (["--prior", "text-bank", "--e_step_at", "2.5"], "argument --e_step_at: must be a whole number of steps or a fraction of the run in (0, 1)"),
         (["--bank_choice", "judge"], "--bank_choice replaces the text-bank prior's weights of each cached image by an E-step's"),
         (["--prior", "text-bank", "--bank_choice", "judge", "--e_step_at", "3"], "and without --e_step_at (which makes its own)"),

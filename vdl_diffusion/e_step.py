@@ -117,8 +117,8 @@ def balance(log_w: torch.Tensor, log_pi: torch.Tensor, entries: torch.Tensor, st
     """``log w'`` (n, k): ``w'_ij ∝ w_ij exp(u_t)`` for the bank text ``t = entries[i, j]``, with one ``u`` per text
     found by Sinkhorn's iterations so that every text's total weight over the ``n`` images is its total under
     ``π``: the choice moves each text to the images it fits, but uses it as often as the prior. ``strength`` λ
-    moves each total only λ of the way from the choice's to the prior's (those of ``(1 - λ) w + λ π``): on the
-    toy world, 0.75 keeps enough of the position gain for its FD cost (docs/text_bank.md). ``log w``,
+    moves each total only λ of the way from the choice's to the prior's (those of ``(1 - λ) w + λ π``), to trade
+    the choice's gain against its mention bias (docs/text_bank.md). ``log w``,
     ``log π`` and ``entries`` (n, k) over the same candidates; in float64."""
     texts, text_of = entries.flatten().unique(return_inverse=True)
 
