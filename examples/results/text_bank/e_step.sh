@@ -23,6 +23,8 @@
 #   training seed 10 ("... --bank_choice OUT/NAME.npy --seed 10 --toy_world_seed 0": the toy cache does not depend on
 #   the training seed, so the choice still fits it);
 #   and make toy's setting with --e_step_balance 0.75 in one run (resuming the first run's checkpoint-3000);
+#   and supervised retrained on world 0 (--methods supervised, --extra_train_args "--seed 20 --toy_world_seed 0"):
+#   the spread of the FD target's own reference;
 # what each choice trains on (the ground truth; seed{0,1}-e-step*/e_step_truth.json):
 #   python examples/toy_world/choose_candidates.py --run DIR/runs/vdl --cache DIR/cache/<folder> --seed S \
 #       --truth_of DIR/runs/vdl/e_step/choice-step003125.npy
@@ -32,6 +34,7 @@ R=examples/results
 python examples/results_table.py --output $R/text_bank/e_step.md \
   "supervised (real captions)=$R/lr4e-3/toy_benchmark.json:supervised" \
   "supervised (real captions)=$R/text_bank/seed1-baselines/results.json:supervised" \
+  "supervised, retrained (world 0, training seed 20)=$R/text_bank/world0-seed20-supervised/results.json:supervised" \
   "vdl, top 8 (make toy before the E-step)=$R/text_bank/seed0-top8/results.json:vdl" \
   "vdl, top 8 (make toy before the E-step)=$R/text_bank/seed1-top8/results.json:vdl" \
   "prior-sample on the prior's top 8=$R/text_bank/seed0-choice-control/results.json:prior-sample" \

@@ -10,40 +10,43 @@ python - <<'PY' | tee silent.md
 import json
 from pathlib import Path
 
-ROWS = [  # (label, file stem), in table order
-    ("supervised (real captions)", "supervised"),
-    ("vdl, top 8, no E-step", "top8"),
-    ("prior-sample on the prior's top 8", "choice-control"),
-    ("vdl, top 8, no E-step, retrained (world 0, training seed 10)", "top8-vdl"),
-    ("prior-sample on the prior's top 8, retrained (world 0, training seed 10)", "top8-prior-sample"),
-    ("vdl, top 8, no E-step, without gradient clipping", "top8-vdl-noclip"),
-    ("prior-sample on the prior's top 8, without gradient clipping", "top8-prior-sample-noclip"),
-    ("the same with the E-step at 0.5", "prior-sample-e-step"),
-    ("vdl, top 8, E-step among all 8 (make toy)", "e-step-no-groups"),
-    ("the same, balanced (--e_step_balance)", "e-step-balanced"),
-    ("the same, balanced to λ = 0.75 (--e_step_balance 0.75)", "e-step-balanced-0.75"),
-    ("the same with --use_ema", "e-step-ema"),
-    ("the same retrained (training seed 10 / 11)", "e-step-retrained"),
-    ("two stages: prior-sample on a finished run's choice", "choice"),
-    ("vdl, fresh, on the same choice", "choice-vdl"),
-    ("two stages in train.py: vdl, fresh, on the balanced choice", "restart-balanced"),
-    ("prior-sample, fresh, on the balanced choice", "restart-balanced-prior-sample"),
-    ("vdl, fresh, on the choice among all 8", "restart-unbalanced"),
-    ("vdl, fresh, on that choice balanced to λ = 0.5", "balanced-0.5-vdl"),
-    ("vdl, fresh, on that choice balanced to λ = 0.75", "balanced-0.75-vdl"),
-    ("vdl, fresh, on that choice within groups naming the same attributes (toy parser)", "same-attributes-vdl"),
-    ("vdl, fresh, on that choice within groups naming the same attributes but the position (toy parser)", "same-attributes-but-position-vdl"),
-    ("the same choice balanced to λ = 0.75, retrained (world 0, training seed 10)", "balanced-0.75-vdl"),
-    ("the same choice balanced (λ = 1), retrained (world 0, training seed 10)", "balanced-1-vdl"),
-    ("the same choice within mention patterns, retrained (world 0, training seed 10)", "same-attributes-vdl"),
-    ("the same choice within mention patterns but the position, retrained (world 0, training seed 10)", "same-attributes-but-position-vdl"),
+ROWS = [  # (label, file stem; {seed} is the world), in table order
+    ("supervised (real captions)", "seed{seed}-supervised"),
+    ("supervised, retrained (training seed 20)", "world{seed}-seed20-supervised"),
+    ("vdl, top 8, no E-step", "seed{seed}-top8"),
+    ("prior-sample on the prior's top 8", "seed{seed}-choice-control"),
+    ("vdl, top 8, no E-step, retrained (world 0, training seed 10)", "world{seed}-seed10-top8-vdl"),
+    ("prior-sample on the prior's top 8, retrained (world 0, training seed 10)", "world{seed}-seed10-top8-prior-sample"),
+    ("vdl, top 8, no E-step, without gradient clipping", "world{seed}-top8-vdl-noclip"),
+    ("prior-sample on the prior's top 8, without gradient clipping", "world{seed}-top8-prior-sample-noclip"),
+    ("the same with the E-step at 0.5", "seed{seed}-prior-sample-e-step"),
+    ("vdl, top 8, E-step among all 8 (make toy)", "seed{seed}-e-step-no-groups"),
+    ("the same, balanced (--e_step_balance)", "seed{seed}-e-step-balanced"),
+    ("the same, balanced to λ = 0.75 (--e_step_balance 0.75)", "seed{seed}-e-step-balanced-0.75"),
+    ("the same, retrained (training seed 20)", "world{seed}-seed20-e-step-balanced-0.75"),
+    ("the same, retrained (training seed 21)", "world{seed}-seed21-e-step-balanced-0.75"),
+    ("the same, retrained (training seed 22)", "world{seed}-seed22-e-step-balanced-0.75"),
+    ("the same with --use_ema", "seed{seed}-e-step-ema"),
+    ("the same retrained (training seed 10 / 11)", "seed{seed}-e-step-retrained"),
+    ("two stages: prior-sample on a finished run's choice", "seed{seed}-choice"),
+    ("vdl, fresh, on the same choice", "seed{seed}-choice-vdl"),
+    ("two stages in train.py: vdl, fresh, on the balanced choice", "seed{seed}-restart-balanced"),
+    ("prior-sample, fresh, on the balanced choice", "seed{seed}-restart-balanced-prior-sample"),
+    ("vdl, fresh, on the choice among all 8", "seed{seed}-restart-unbalanced"),
+    ("vdl, fresh, on that choice balanced to λ = 0.5", "seed{seed}-balanced-0.5-vdl"),
+    ("vdl, fresh, on that choice balanced to λ = 0.75", "seed{seed}-balanced-0.75-vdl"),
+    ("vdl, fresh, on that choice within groups naming the same attributes (toy parser)", "seed{seed}-same-attributes-vdl"),
+    ("vdl, fresh, on that choice within groups naming the same attributes but the position (toy parser)", "seed{seed}-same-attributes-but-position-vdl"),
+    ("the same choice balanced to λ = 0.75, retrained (world 0, training seed 10)", "world{seed}-seed10-balanced-0.75-vdl"),
+    ("the same choice balanced (λ = 1), retrained (world 0, training seed 10)", "world{seed}-seed10-balanced-1-vdl"),
+    ("the same choice within mention patterns, retrained (world 0, training seed 10)", "world{seed}-seed10-same-attributes-vdl"),
+    ("the same choice within mention patterns but the position, retrained (world 0, training seed 10)", "world{seed}-seed10-same-attributes-but-position-vdl"),
 ]
 print("| run | seed | oracle FD ↓ | silent colour TV ↓ | silent position TV ↓ | silent background TV ↓ |")
 print("|---|---|---|---|---|---|")
 for label, stem in ROWS:
     for seed in (0, 1):
-        world = f"world{seed}-seed10-{stem}" if "retrained (world" in label else f"world{seed}-{stem}" if "clipping" in label else None
-        path = Path("silent") / f"{world or f'seed{seed}-{stem}'}.json"
+        path = Path("silent") / f"{stem.format(seed=seed)}.json"
         if path.is_file():
             m = json.loads(path.read_text())["metrics"]
             cells = [f"{m['oracle_fd']['value']:.0f} ± {m['oracle_fd']['se']:.0f}"]
