@@ -57,6 +57,7 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "the same, retrained (training seed 20)=$R/text_bank/world0-seed20-e-step-balanced-0.75/results.json:vdl" \
   "the same, retrained (training seed 21)=$R/text_bank/world0-seed21-e-step-balanced-0.75/results.json:vdl" \
   "the same, retrained (training seed 21)=$R/text_bank/world1-seed21-e-step-balanced-0.75/results.json:vdl" \
+  "the same, retrained (training seed 22)=$R/text_bank/world0-seed22-e-step-balanced-0.75/results.json:vdl" \
   "the same with --use_ema=$R/text_bank/seed0-e-step-ema/results.json:vdl" \
   "the same with --use_ema=$R/text_bank/seed1-e-step-ema/results.json:vdl" \
   "make toy's setting retrained (training seed 10 / 11)=$R/text_bank/world0-seed10-e-step/results.json:vdl" \

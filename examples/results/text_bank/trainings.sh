@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Issue 13: each setting over all its trainings at one budget (6000 steps × 32), per world: a single training's
+# FD moves by up to ~15 on retraining, so a setting is judged on the mean over its trainings. The ± is the
+# standard error of that mean over trainings (their spread over sqrt(n): training and evaluation noise both).
+# Each row is a benchmark report already in this folder (e_step.md lists how each was trained).
+# Writes trainings.md beside this script.
+cd "$(dirname "$0")"
+python - <<'PY' | tee trainings.md
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path.cwd().parents[1]))
+from results_table import read_row
+
+SETTINGS = {  # label: reports (RUN:METHOD), any world; each report's seed is its world
+    "supervised (real captions)": ["../lr4e-3/toy_benchmark.json:supervised", "world0-seed20-supervised:supervised", "seed1-baselines:supervised"],
+    "prior-sample, the prior's top 8": ["seed0-choice-control:prior-sample", "world0-seed10-top8-prior-sample:prior-sample", "seed1-choice-control:prior-sample"],
+    "vdl, top 8, no E-step": ["seed0-top8:vdl", "world0-seed10-top8-vdl:vdl", "seed1-top8:vdl"],
+    "vdl, top 8, E-step among all 8 (make toy until 2026-12-01)": ["seed0-e-step-no-groups:vdl", "world0-seed10-e-step:vdl", "seed1-e-step-no-groups:vdl", "world1-seed11-e-step:vdl"],
+    "the same, --e_step_balance 0.75 (make toy)": ["seed0-e-step-balanced-0.75:vdl"] + [f"world{w}-seed{t}-e-step-balanced-0.75:vdl" for w, t in ((0, 20), (0, 21), (0, 22), (0, 23), (1, 20), (1, 21))] + ["seed1-e-step-balanced-0.75:vdl"],
+}
+COLUMNS = {"captions": "captions: all mentioned right", "position": "position", "40 pairs": "40 pairs", "oracle FD": "oracle FD ↓"}
+
+print("| setting | world | trainings | " + " | ".join(COLUMNS) + " |")
+print("|---|---|---|" + "---|" * len(COLUMNS))
+for label, reports in SETTINGS.items():
+    by_world = {}
+    for report in reports:
+        path, _, run = report.rpartition(":")
+        path = path if path.endswith(".json") else f"{path}/results.json"
+        if Path(path).is_file():  # a training still running is left out
+            _, world, figures = read_row(f"{label}={path}:{run}")
+            by_world.setdefault(world, []).append(figures)
+    for world, trainings in sorted(by_world.items()):
+        cells = []
+        for heading in COLUMNS.values():
+            values = [figures[heading]["value"] for figures in trainings]
+            digits = 0 if heading.startswith("oracle FD") else 3
+            mean = f"{statistics.mean(values):.{digits}f}"
+            if len(values) > 1:
+                se = statistics.stdev(values) / len(values) ** 0.5
+                mean += f" ± {se:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+            cells.append(mean)
+        print(f"| {label} | {world} | {len(trainings)} | " + " | ".join(cells) + " |")
+PY
