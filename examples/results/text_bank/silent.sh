@@ -26,6 +26,7 @@ ROWS = [  # (label, file stem; {seed} is the world), in table order
     ("the same, retrained (training seed 20)", "world{seed}-seed20-e-step-balanced-0.75"),
     ("the same, retrained (training seed 21)", "world{seed}-seed21-e-step-balanced-0.75"),
     ("the same, retrained (training seed 22)", "world{seed}-seed22-e-step-balanced-0.75"),
+    ("the same, retrained (training seed 23)", "world{seed}-seed23-e-step-balanced-0.75"),
     ("the same with --use_ema", "seed{seed}-e-step-ema"),
     ("the same retrained (training seed 10 / 11)", "seed{seed}-e-step-retrained"),
     ("two stages: prior-sample on a finished run's choice", "seed{seed}-choice"),
