@@ -48,8 +48,8 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "vdl, top 8, E-step at 3000, within mention groups=$R/text_bank/seed1-e-step/results.json:vdl" \
   "the same, 2 draws per image=$R/text_bank/seed0-e-step-2draws/results.json:vdl" \
   "the same, 2 draws per image=$R/text_bank/seed1-e-step-2draws/results.json:vdl" \
-  "vdl, top 8, E-step at 3000, among all 8 (make toy)=$R/text_bank/seed0-e-step-no-groups/results.json:vdl" \
-  "vdl, top 8, E-step at 3000, among all 8 (make toy)=$R/text_bank/seed1-e-step-no-groups/results.json:vdl" \
+  "vdl, top 8, E-step at 3000, among all 8 (make toy until 2026-12-01)=$R/text_bank/seed0-e-step-no-groups/results.json:vdl" \
+  "vdl, top 8, E-step at 3000, among all 8 (make toy until 2026-12-01)=$R/text_bank/seed1-e-step-no-groups/results.json:vdl" \
   "the same, balanced (--e_step_balance)=$R/text_bank/seed0-e-step-balanced/results.json:vdl" \
   "the same, balanced (--e_step_balance)=$R/text_bank/seed1-e-step-balanced/results.json:vdl" \
   "the same, balanced to λ = 0.75 (--e_step_balance 0.75)=$R/text_bank/seed0-e-step-balanced-0.75/results.json:vdl" \

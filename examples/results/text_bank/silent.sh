@@ -20,7 +20,7 @@ ROWS = [  # (label, file stem; {seed} is the world), in table order
     ("vdl, top 8, no E-step, without gradient clipping", "world{seed}-top8-vdl-noclip"),
     ("prior-sample on the prior's top 8, without gradient clipping", "world{seed}-top8-prior-sample-noclip"),
     ("the same with the E-step at 0.5", "seed{seed}-prior-sample-e-step"),
-    ("vdl, top 8, E-step among all 8 (make toy)", "seed{seed}-e-step-no-groups"),
+    ("vdl, top 8, E-step among all 8 (make toy until 2026-12-01)", "seed{seed}-e-step-no-groups"),
     ("the same, balanced (--e_step_balance)", "seed{seed}-e-step-balanced"),
     ("the same, balanced to λ = 0.75 (--e_step_balance 0.75)", "seed{seed}-e-step-balanced-0.75"),
     ("the same, retrained (training seed 20)", "world{seed}-seed20-e-step-balanced-0.75"),
