@@ -3,7 +3,7 @@
 # beside the oracle FD. Each silent/NAME.json comes from a finished run of the benchmark (RUN = its
 # runs/<method> folder), evaluated on the benchmark's captions and noise:
 #   python examples/evaluate.py RUN --world_seed S --seeds 0 1 --num_samples 256 --output silent/NAME.json
-# (The balanced, retrained, prior-sample E-step, fresh two-stage and constrained-choice runs' files are their runs/<method>/benchmark_metrics.json: the benchmark made the same evaluation.)
+# (The balanced, retrained, λ = 0.5, prior-sample E-step, fresh two-stage and constrained-choice runs' files are their runs/<method>/benchmark_metrics.json: the benchmark made the same evaluation.)
 # Writes silent.md beside this script from the JSON files.
 cd "$(dirname "$0")"
 python - <<'PY' | tee silent.md
@@ -27,6 +27,10 @@ ROWS = [  # (label, file stem; {seed} is the world), in table order
     ("the same, retrained (training seed 21)", "world{seed}-seed21-e-step-balanced-0.75"),
     ("the same, retrained (training seed 22)", "world{seed}-seed22-e-step-balanced-0.75"),
     ("the same, retrained (training seed 23)", "world{seed}-seed23-e-step-balanced-0.75"),
+    ("balanced to λ = 0.5 (--e_step_balance 0.5), training seed 20", "world{seed}-seed20-e-step-balanced-0.5"),
+    ("balanced to λ = 0.5 (--e_step_balance 0.5), training seed 21", "world{seed}-seed21-e-step-balanced-0.5"),
+    ("balanced to λ = 0.5 (--e_step_balance 0.5), training seed 22", "world{seed}-seed22-e-step-balanced-0.5"),
+    ("balanced to λ = 0.5 (--e_step_balance 0.5), training seed 23", "world{seed}-seed23-e-step-balanced-0.5"),
     ("the same with --use_ema", "seed{seed}-e-step-ema"),
     ("the same retrained (training seed 10 / 11)", "seed{seed}-e-step-retrained"),
     ("two stages: prior-sample on a finished run's choice", "seed{seed}-choice"),

@@ -19,28 +19,59 @@ SETTINGS = {  # label: reports (RUN:METHOD), any world; each report's seed is it
     "vdl, top 8, no E-step": ["seed0-top8:vdl", "world0-seed10-top8-vdl:vdl", "seed1-top8:vdl"],
     "vdl, top 8, E-step among all 8 (make toy until 2026-12-01)": ["seed0-e-step-no-groups:vdl", "world0-seed10-e-step:vdl", "seed1-e-step-no-groups:vdl", "world1-seed11-e-step:vdl"],
     "the same, --e_step_balance 0.75 (make toy)": ["seed0-e-step-balanced-0.75:vdl"] + [f"world{w}-seed{t}-e-step-balanced-0.75:vdl" for w, t in ((0, 20), (0, 21), (0, 22), (0, 23), (1, 20), (1, 21))] + ["seed1-e-step-balanced-0.75:vdl"],
+    "the same, --e_step_balance 0.5": [f"world{w}-seed{t}-e-step-balanced-0.5:vdl" for w, t in ((0, 20), (0, 21), (0, 22), (0, 23), (1, 20), (1, 21), (1, 22))],
+}
+# Settings trained with the same training seeds on the same world, compared training by training: the difference
+# B − A per (world, training seed), its mean ± standard error over those pairs.
+PAIRED = {  # label: (report A, report B, the (world, training seed) pairs)
+    "--e_step_balance 0.5 − 0.75": ("world{w}-seed{t}-e-step-balanced-0.75:vdl", "world{w}-seed{t}-e-step-balanced-0.5:vdl", ((0, 20), (0, 21), (0, 22), (0, 23), (1, 20), (1, 21))),
 }
 COLUMNS = {"captions": "captions: all mentioned right", "position": "position", "40 pairs": "40 pairs", "oracle FD": "oracle FD ↓"}
 
 print("| setting | world | trainings | " + " | ".join(COLUMNS) + " |")
 print("|---|---|---|" + "---|" * len(COLUMNS))
+
+
+def read(report: str):
+    """(world, figures) of one report, or None while its training is still running."""
+    path, _, run = report.rpartition(":")
+    path = path if path.endswith(".json") else f"{path}/results.json"
+    if not Path(path).is_file():
+        return None
+    _, world, figures = read_row(f"row={path}:{run}")
+    return world, figures
+
+
+def summary(values: list[float], digits: int, sign: str = "") -> str:
+    """Mean, and with more than one value its standard error and range."""
+    text = f"{statistics.mean(values):{sign}.{digits}f}"
+    if len(values) > 1:
+        se = statistics.stdev(values) / len(values) ** 0.5
+        text += f" ± {se:.{digits}f} ({min(values):{sign}.{digits}f} to {max(values):{sign}.{digits}f})" if sign else f" ± {se:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+    return text
+
+
+def digits(heading: str) -> int:
+    return 0 if heading.startswith("oracle FD") else 3
+
+
 for label, reports in SETTINGS.items():
     by_world = {}
-    for report in reports:
-        path, _, run = report.rpartition(":")
-        path = path if path.endswith(".json") else f"{path}/results.json"
-        if Path(path).is_file():  # a training still running is left out
-            _, world, figures = read_row(f"{label}={path}:{run}")
-            by_world.setdefault(world, []).append(figures)
+    for world, figures in filter(None, map(read, reports)):
+        by_world.setdefault(world, []).append(figures)
     for world, trainings in sorted(by_world.items()):
-        cells = []
-        for heading in COLUMNS.values():
-            values = [figures[heading]["value"] for figures in trainings]
-            digits = 0 if heading.startswith("oracle FD") else 3
-            mean = f"{statistics.mean(values):.{digits}f}"
-            if len(values) > 1:
-                se = statistics.stdev(values) / len(values) ** 0.5
-                mean += f" ± {se:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
-            cells.append(mean)
+        cells = [summary([figures[heading]["value"] for figures in trainings], digits(heading)) for heading in COLUMNS.values()]
         print(f"| {label} | {world} | {len(trainings)} | " + " | ".join(cells) + " |")
+
+print("\n| difference, the same trainings | world | pairs | " + " | ".join(COLUMNS) + " |")
+print("|---|---|---|" + "---|" * len(COLUMNS))
+for label, (report_a, report_b, trainings) in PAIRED.items():
+    by_world = {}
+    for w, t in trainings:
+        a, b = read(report_a.format(w=w, t=t)), read(report_b.format(w=w, t=t))
+        if a and b:
+            by_world.setdefault(w, []).append((a[1], b[1]))
+    for world, pairs in sorted(by_world.items()):
+        cells = [summary([b[heading]["value"] - a[heading]["value"] for a, b in pairs], digits(heading), "+") for heading in COLUMNS.values()]
+        print(f"| {label} | {world} | {len(pairs)} | " + " | ".join(cells) + " |")
 PY
