@@ -65,7 +65,9 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 20=$R/text_bank/world0-seed20-e-step-balanced-0.5/results.json:vdl" \
   "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 20=$R/text_bank/world1-seed20-e-step-balanced-0.5/results.json:vdl" \
   "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 21=$R/text_bank/world0-seed21-e-step-balanced-0.5/results.json:vdl" \
+  "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 21=$R/text_bank/world1-seed21-e-step-balanced-0.5/results.json:vdl" \
   "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 22=$R/text_bank/world0-seed22-e-step-balanced-0.5/results.json:vdl" \
+  "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 22=$R/text_bank/world1-seed22-e-step-balanced-0.5/results.json:vdl" \
   "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 23=$R/text_bank/world0-seed23-e-step-balanced-0.5/results.json:vdl" \
   "the same with --use_ema=$R/text_bank/seed0-e-step-ema/results.json:vdl" \
   "the same with --use_ema=$R/text_bank/seed1-e-step-ema/results.json:vdl" \

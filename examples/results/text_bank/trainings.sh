@@ -18,8 +18,8 @@ SETTINGS = {  # label: reports (RUN:METHOD), any world; each report's seed is it
     "prior-sample, the prior's top 8": ["seed0-choice-control:prior-sample", "world0-seed10-top8-prior-sample:prior-sample", "seed1-choice-control:prior-sample"],
     "vdl, top 8, no E-step": ["seed0-top8:vdl", "world0-seed10-top8-vdl:vdl", "seed1-top8:vdl"],
     "vdl, top 8, E-step among all 8 (make toy until 2026-12-01)": ["seed0-e-step-no-groups:vdl", "world0-seed10-e-step:vdl", "seed1-e-step-no-groups:vdl", "world1-seed11-e-step:vdl"],
-    "the same, --e_step_balance 0.75 (make toy)": ["seed0-e-step-balanced-0.75:vdl"] + [f"world{w}-seed{t}-e-step-balanced-0.75:vdl" for w, t in ((0, 20), (0, 21), (0, 22), (0, 23), (1, 20), (1, 21))] + ["seed1-e-step-balanced-0.75:vdl"],
-    "the same, --e_step_balance 0.5": [f"world{w}-seed{t}-e-step-balanced-0.5:vdl" for w, t in ((0, 20), (0, 21), (0, 22), (0, 23), (1, 20), (1, 21), (1, 22))],
+    "the same, --e_step_balance 0.75 (make toy earlier on 2026-12-01)": ["seed0-e-step-balanced-0.75:vdl"] + [f"world{w}-seed{t}-e-step-balanced-0.75:vdl" for w, t in ((0, 20), (0, 21), (0, 22), (0, 23), (1, 20), (1, 21))] + ["seed1-e-step-balanced-0.75:vdl"],
+    "the same, --e_step_balance 0.5 (make toy)": [f"world{w}-seed{t}-e-step-balanced-0.5:vdl" for w, t in ((0, 20), (0, 21), (0, 22), (0, 23), (1, 20), (1, 21), (1, 22))],
 }
 # Settings trained with the same training seeds on the same world, compared training by training: the difference
 # B − A per (world, training seed), its mean ± standard error over those pairs.
