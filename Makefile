@@ -37,10 +37,11 @@ setup:
 # ARGS are train.py's flags, e.g. make toy ARGS="--max_train_steps 500" for a quick look.
 # The method: VDL with the text-bank prior over the toy world's shipped corpus of unpaired captions, each
 # image's 8 best matches, and half-way one E-step, in which the UNet picks among each image's candidates,
-# balanced three quarters of the way back to the prior's use of each text (docs/text_bank.md: it beats the
-# clip prior, the top 64 and no E-step at both seeds; unbalanced it draws position better but costs FD);
+# balanced half-way back to the prior's use of each text (docs/text_bank.md: it beats the clip prior, the
+# top 64 and no E-step at both worlds; unbalanced it draws position better but costs FD, fully balanced the
+# reverse);
 # TOY_ARGS= trains train.py's defaults.
-TOY_ARGS ?= --prior text-bank --posterior_family bank_mixture --bank_top_k 8 --e_step_at 0.5 --e_step_balance 0.75
+TOY_ARGS ?= --prior text-bank --posterior_family bank_mixture --bank_top_k 8 --e_step_at 0.5 --e_step_balance 0.5
 toy: setup
 	accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		--num_cpu_threads_per_process $(THREADS) train.py --resume_from_checkpoint latest $(TOY_ARGS) $(ARGS)

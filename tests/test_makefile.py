@@ -50,7 +50,7 @@ def test_setup_installs_torch_only_where_none_is_unless_one_is_chosen_and_says_w
 def test_toy_resumes_with_explicit_launch_settings_and_briefly_spinning_openmp_threads():
     command = make("-n", "toy", "ARGS=--max_train_steps 500").stdout
     assert "accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no" in command
-    assert "train.py --resume_from_checkpoint latest --prior text-bank --posterior_family bank_mixture --bank_top_k 8 --e_step_at 0.5 --e_step_balance 0.75 --max_train_steps 500" in command
+    assert "train.py --resume_from_checkpoint latest --prior text-bank --posterior_family bank_mixture --bank_top_k 8 --e_step_at 0.5 --e_step_balance 0.5 --max_train_steps 500" in command
     assert "--prior" not in make("-n", "toy", "TOY_ARGS=", "ARGS=--max_train_steps 500").stdout  # train.py's own defaults
     show = ["--eval", "show-spin: ; @echo $$GOMP_SPINCOUNT", "show-spin"]
     assert make(*show).stdout.strip() == "1000"

@@ -8,8 +8,10 @@ python examples/results_table.py --output $R/text_bank/table.md \
   "supervised (real captions)=$R/text_bank/seed1-baselines/results.json:supervised" \
   "vdl, text-bank, bank mixture, β = 1=$R/text_bank/seed0/results.json:vdl" \
   "vdl, text-bank, bank mixture, β = 1=$R/text_bank/seed1/results.json:vdl" \
-  "vdl, text-bank, top 8, E-step half-way, balanced to λ = 0.75 (make toy)=$R/text_bank/seed0-e-step-balanced-0.75/results.json:vdl" \
-  "vdl, text-bank, top 8, E-step half-way, balanced to λ = 0.75 (make toy)=$R/text_bank/seed1-e-step-balanced-0.75/results.json:vdl" \
+  "vdl, text-bank, top 8, E-step half-way, balanced to λ = 0.5 (make toy; training seed 20)=$R/text_bank/world0-seed20-e-step-balanced-0.5/results.json:vdl" \
+  "vdl, text-bank, top 8, E-step half-way, balanced to λ = 0.5 (make toy; training seed 20)=$R/text_bank/world1-seed20-e-step-balanced-0.5/results.json:vdl" \
+  "vdl, text-bank, top 8, E-step half-way, balanced to λ = 0.75 (make toy earlier on 2026-12-01)=$R/text_bank/seed0-e-step-balanced-0.75/results.json:vdl" \
+  "vdl, text-bank, top 8, E-step half-way, balanced to λ = 0.75 (make toy earlier on 2026-12-01)=$R/text_bank/seed1-e-step-balanced-0.75/results.json:vdl" \
   "vdl, text-bank, top 8, E-step half-way, unbalanced (make toy until 2026-12-01)=$R/text_bank/seed0-e-step-no-groups/results.json:vdl" \
   "vdl, text-bank, top 8, E-step half-way, unbalanced (make toy until 2026-12-01)=$R/text_bank/seed1-e-step-no-groups/results.json:vdl" \
   "vdl, text-bank, top 8, E-step within mention groups=$R/text_bank/seed0-e-step/results.json:vdl" \
