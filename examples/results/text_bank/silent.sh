@@ -8,6 +8,7 @@
 cd "$(dirname "$0")"
 python - <<'PY' | tee silent.md
 import json
+import statistics
 from pathlib import Path
 
 ROWS = [  # (label, file stem; {seed} is the world), in table order
@@ -27,10 +28,7 @@ ROWS = [  # (label, file stem; {seed} is the world), in table order
     ("the same, retrained (training seed 21)", "world{seed}-seed21-e-step-balanced-0.75"),
     ("the same, retrained (training seed 22)", "world{seed}-seed22-e-step-balanced-0.75"),
     ("the same, retrained (training seed 23)", "world{seed}-seed23-e-step-balanced-0.75"),
-    ("balanced to λ = 0.5 (--e_step_balance 0.5), training seed 20", "world{seed}-seed20-e-step-balanced-0.5"),
-    ("balanced to λ = 0.5 (--e_step_balance 0.5), training seed 21", "world{seed}-seed21-e-step-balanced-0.5"),
-    ("balanced to λ = 0.5 (--e_step_balance 0.5), training seed 22", "world{seed}-seed22-e-step-balanced-0.5"),
-    ("balanced to λ = 0.5 (--e_step_balance 0.5), training seed 23", "world{seed}-seed23-e-step-balanced-0.5"),
+    *[(f"balanced to λ = 0.5 (--e_step_balance 0.5), training seed {t}", f"world{{seed}}-seed{t}-e-step-balanced-0.5") for t in range(20, 30)],
     ("the same with --use_ema", "seed{seed}-e-step-ema"),
     ("the same retrained (training seed 10 / 11)", "seed{seed}-e-step-retrained"),
     ("two stages: prior-sample on a finished run's choice", "seed{seed}-choice"),
@@ -47,6 +45,8 @@ ROWS = [  # (label, file stem; {seed} is the world), in table order
     ("the same choice within mention patterns, retrained (world 0, training seed 10)", "world{seed}-seed10-same-attributes-vdl"),
     ("the same choice within mention patterns but the position, retrained (world 0, training seed 10)", "world{seed}-seed10-same-attributes-but-position-vdl"),
 ]
+ATTRIBUTES = ("shape", "colour", "size", "position", "background")
+evaluations = []
 print("| run | seed | oracle FD ↓ | silent colour TV ↓ | silent position TV ↓ | silent background TV ↓ |")
 print("|---|---|---|---|---|---|")
 for label, stem in ROWS:
@@ -57,4 +57,11 @@ for label, stem in ROWS:
             cells = [f"{m['oracle_fd']['value']:.0f} ± {m['oracle_fd']['se']:.0f}"]
             cells += [f"{m[f'{a}_silent_tv']['value']:.2f} ± {m[f'{a}_silent_tv']['se']:.2f} (n = {m[f'{a}_silent_tv']['n']})" for a in ("colour", "position", "background")]
             print(f"| {label} | {seed} | " + " | ".join(cells) + " |")
+            evaluations.append(m)
+
+# Which silent attribute the FD goes with, over every evaluation above (trainings of all settings, both worlds).
+print(f"\nPearson correlation of the oracle FD with each silent TV over these {len(evaluations)} evaluations:\n")
+print("| " + " | ".join(ATTRIBUTES) + " |\n" + "|---" * len(ATTRIBUTES) + "|")
+fd = [m["oracle_fd"]["value"] for m in evaluations]
+print("| " + " | ".join(f"{statistics.correlation([m[f'{a}_silent_tv']['value'] for m in evaluations], fd):+.2f}" for a in ATTRIBUTES) + " |")
 PY
