@@ -24,7 +24,7 @@
 #   the training seed, so the choice still fits it);
 #   and make toy's setting with --e_step_balance 0.75 in one run (resuming the first run's checkpoint-3000), and
 #   the same retrained from the start with training seeds 20, 21 (both worlds), 22, 23 (world 0) ("... --e_step_balance 0.75 --seed T --toy_world_seed S");
-#   and the same balanced to λ = 0.5, from the start with training seeds 20, 21, 22 (both worlds), 23 (world 0)
+#   and the same balanced to λ = 0.5, from the start with training seeds 20, 21, 22 (both worlds), 23–26 (world 0)
 #   ("... --e_step_balance 0.5 --seed T --toy_world_seed S");
 #   and supervised retrained on world 0 (--methods supervised, --extra_train_args "--seed 20 --toy_world_seed 0"):
 #   the spread of the FD target's own reference;
@@ -69,6 +69,9 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 22=$R/text_bank/world0-seed22-e-step-balanced-0.5/results.json:vdl" \
   "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 22=$R/text_bank/world1-seed22-e-step-balanced-0.5/results.json:vdl" \
   "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 23=$R/text_bank/world0-seed23-e-step-balanced-0.5/results.json:vdl" \
+  "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 24=$R/text_bank/world0-seed24-e-step-balanced-0.5/results.json:vdl" \
+  "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 25=$R/text_bank/world0-seed25-e-step-balanced-0.5/results.json:vdl" \
+  "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 26=$R/text_bank/world0-seed26-e-step-balanced-0.5/results.json:vdl" \
   "the same with --use_ema=$R/text_bank/seed0-e-step-ema/results.json:vdl" \
   "the same with --use_ema=$R/text_bank/seed1-e-step-ema/results.json:vdl" \
   "make toy's setting retrained (training seed 10 / 11)=$R/text_bank/world0-seed10-e-step/results.json:vdl" \
