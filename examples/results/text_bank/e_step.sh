@@ -72,6 +72,9 @@ python examples/results_table.py --output $R/text_bank/e_step.md \
   "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 24=$R/text_bank/world0-seed24-e-step-balanced-0.5/results.json:vdl" \
   "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 25=$R/text_bank/world0-seed25-e-step-balanced-0.5/results.json:vdl" \
   "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 26=$R/text_bank/world0-seed26-e-step-balanced-0.5/results.json:vdl" \
+  "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 27=$R/text_bank/world0-seed27-e-step-balanced-0.5/results.json:vdl" \
+  "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 28=$R/text_bank/world0-seed28-e-step-balanced-0.5/results.json:vdl" \
+  "balanced to λ = 0.5 (--e_step_balance 0.5), training seed 29=$R/text_bank/world0-seed29-e-step-balanced-0.5/results.json:vdl" \
   "the same with --use_ema=$R/text_bank/seed0-e-step-ema/results.json:vdl" \
   "the same with --use_ema=$R/text_bank/seed1-e-step-ema/results.json:vdl" \
   "make toy's setting retrained (training seed 10 / 11)=$R/text_bank/world0-seed10-e-step/results.json:vdl" \

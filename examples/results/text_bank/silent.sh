@@ -28,7 +28,7 @@ ROWS = [  # (label, file stem; {seed} is the world), in table order
     ("the same, retrained (training seed 21)", "world{seed}-seed21-e-step-balanced-0.75"),
     ("the same, retrained (training seed 22)", "world{seed}-seed22-e-step-balanced-0.75"),
     ("the same, retrained (training seed 23)", "world{seed}-seed23-e-step-balanced-0.75"),
-    *[(f"balanced to λ = 0.5 (--e_step_balance 0.5), training seed {t}", f"world{{seed}}-seed{t}-e-step-balanced-0.5") for t in range(20, 27)],
+    *[(f"balanced to λ = 0.5 (--e_step_balance 0.5), training seed {t}", f"world{{seed}}-seed{t}-e-step-balanced-0.5") for t in range(20, 30)],
     ("the same with --use_ema", "seed{seed}-e-step-ema"),
     ("the same retrained (training seed 10 / 11)", "seed{seed}-e-step-retrained"),
     ("two stages: prior-sample on a finished run's choice", "seed{seed}-choice"),

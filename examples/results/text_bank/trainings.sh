@@ -20,7 +20,7 @@ SETTINGS = {  # label: reports (RUN:METHOD), any world; each report's seed is it
     "vdl, top 8, no E-step": ["seed0-top8:vdl", "world0-seed10-top8-vdl:vdl", "seed1-top8:vdl"],
     "vdl, top 8, E-step among all 8 (make toy until 2026-12-01)": ["seed0-e-step-no-groups:vdl", "world0-seed10-e-step:vdl", "../make_toy/2026-11-30_e_step_all8_eval.json:evaluate", "seed1-e-step-no-groups:vdl", "world1-seed11-e-step:vdl"],
     "the same, --e_step_balance 0.75 (make toy earlier on 2026-12-01)": ["seed0-e-step-balanced-0.75:vdl"] + [f"world{w}-seed{t}-e-step-balanced-0.75:vdl" for w, t in ((0, 20), (0, 21), (0, 22), (0, 23), (1, 20), (1, 21))] + ["seed1-e-step-balanced-0.75:vdl"],
-    "the same, --e_step_balance 0.5 (make toy)": [f"world{w}-seed{t}-e-step-balanced-0.5:vdl" for w, t in [(0, t) for t in range(20, 27)] + [(1, 20), (1, 21), (1, 22)]] + ["../make_toy/2026-12-01_e_step_balanced_0.5_eval.json:evaluate"],
+    "the same, --e_step_balance 0.5 (make toy)": [f"world{w}-seed{t}-e-step-balanced-0.5:vdl" for w, t in [(0, t) for t in range(20, 30)] + [(1, 20), (1, 21), (1, 22)]] + ["../make_toy/2026-12-01_e_step_balanced_0.5_eval.json:evaluate"],
 }
 # A report ending ":evaluate" is an `evaluate.py` report of a `make toy` from a fresh clone (the benchmark's captions
 # and noise, no 40-pairs figure): a training like the others, counted in every column but 40 pairs.
